@@ -23,12 +23,13 @@ def build_tokenizer(corpus: list[str], special_tokens: list[str], vocab_size: in
                     chat_template: str | None = None, eos_token: str | None = None, bos_token: str | None = None,
                     pad_token: str | None = None, unk_token: str | None = None, split_letters: bool = False):
     """A byte-level BPE trained on ``corpus`` with ``special_tokens`` as single tokens (a real fast tokenizer:
-    offsets, decode, save/load all behave as for a hub model). ``split_letters`` makes every letter its own
-    pre-token (character-level words, for copy/reverse tasks)."""
+    offsets, decode, save/load all behave as for a hub model). ``split_letters`` keeps spaces out of words, so with
+    a small ``vocab_size`` the merges go to frequent (template) words and rare words stay letter by letter: what
+    letter-level tasks need."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    pattern = r"\p{L}|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+" if split_letters else QWEN2_SPLIT
+    pattern = r"\p{L}+|\p{N}|[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+" if split_letters else QWEN2_SPLIT
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(pattern), behavior='isolated'),

@@ -12,6 +12,10 @@ Prefix consistency: when every ``upto_i`` is a prefix of the whole rendered conv
 sequence and each trained turn sees exactly the prompt inference would give it. When it is not (templates that drop
 reasoning from history, add empty think blocks, move the system prompt), each trained turn becomes its own sequence
 ``upto_i`` — again exactly what inference sees — and the caller is told (``split``). Nothing is mis-masked silently.
+
+Nothing is dropped silently either: a tool call or a reasoning text that the template does not render is an error,
+not a turn trained without it. A template whose own generation prompt no rendered turn continues (DeepSeek-R1's
+``<think>\\n``) is an error here; `apply_template` installs the named fix for it (`lmforge.templates.fixes`).
 """
 from __future__ import annotations
 
@@ -24,6 +28,9 @@ from lmforge.templates.render import render, template_name
 
 IGNORE_INDEX = -100
 EMPTY_THINK = re.compile(r'\s*<think>\s*</think>\s*')
+CLOSE_THINK = re.compile(r'\s*</think>\s*')  # the rest of an empty think block whose <think> the prompt opened
+# Names a message's reasoning may come under; transformers copies each to the others before rendering.
+REASONING_FIELDS = ('reasoning_content', 'thinking', 'reasoning')
 
 
 @dataclass
@@ -45,23 +52,46 @@ def trained_turns(messages: list[dict], loss_scale: str = 'default') -> list[int
     return [i for i in turns if messages[i].get('loss', True) is not False]
 
 
+def template_source(tokenizer) -> str:
+    """The template text (all of them, for a tokenizer with a dict of named templates)."""
+    source = tokenizer.chat_template or ''
+    return '\n'.join(source.values()) if isinstance(source, dict) else source
+
+
 def check_template_support(tokenizer, messages: list[dict], tools: list | None) -> None:
     """Tools, tool calls, tool messages and reasoning only work through a template that renders them."""
-    source = tokenizer.chat_template or ''
+    source = template_source(tokenizer)
     needs = []
     if tools:
-        needs.append(('tools', 'tools'))
+        needs.append((('tools',), 'tools'))
     if any(m.get('tool_calls') for m in messages):
-        needs.append(('tool_calls', 'assistant tool_calls'))
+        needs.append((('tool_calls',), 'assistant tool_calls'))
     if any(m.get('role') == 'tool' for m in messages):
-        needs.append(('tool', '"tool" messages'))
-    if any(m.get('reasoning_content') for m in messages):
-        needs.append(('reasoning_content', 'reasoning_content'))
-    for word, what in needs:
-        if word not in source:
+        needs.append((('tool',), '"tool" messages'))
+    for words, what in needs:
+        if not any(w in source for w in words):
             raise TemplateError(f'the chat template of {template_name(tokenizer)} does not render {what}: '
-                                f'it never mentions {word!r}. Use a model/template with that support '
-                                '(--template) or remove the field from the data.')
+                                f'it never mentions {" or ".join(map(repr, words))}. Use a model/template with that '
+                                'support (--template) or remove the field from the data.')
+
+
+def reasoning_of(message: dict) -> tuple[str, str] | None:
+    """``(field, text)`` of a message's reasoning, if it has any."""
+    return next(((f, message[f]) for f in REASONING_FIELDS if isinstance(message.get(f), str) and message[f].strip()),
+                None)
+
+
+def check_tool_calls_rendered(tokenizer, messages: list[dict], text: str) -> None:
+    """Every tool call must reach the rendered text: some templates drop a call silently (e.g. ones that render a
+    call only when ``content`` is None, a key transformers removes before rendering)."""
+    for i, m in enumerate(messages):
+        for call in m.get('tool_calls') or []:
+            name = (call.get('function') or call).get('name', '')
+            if name and name not in text:
+                raise TemplateError(f'the chat template of {template_name(tokenizer)} dropped the tool call {name!r} '
+                                    f'of message {i}: it does not appear in the rendered text, so training would '
+                                    'teach the turn without its call. Use a template that renders tool calls '
+                                    '(--template) or check the message format (content "" with tool_calls).')
 
 
 def _turn(tokenizer, messages, i, tools, ignore_empty_think, kwargs):
@@ -75,9 +105,15 @@ def _turn(tokenizer, messages, i, tools, ignore_empty_think, kwargs):
             'so the turn cannot be trained the way inference will prompt it. Pass --template with a fixed '
             'template (see `lmforge template list`).')
     answer = upto[len(prompt):]
+    reasoning = reasoning_of(messages[i])
+    if reasoning and reasoning[1].strip() not in answer:
+        raise TemplateError(f'the chat template of {template_name(tokenizer)} does not render the {reasoning[0]} of '
+                            f'assistant message {i}, so it cannot be trained. Use a model/template that renders '
+                            'reasoning (--template), or put it inline as <think>...</think> in the content if the '
+                            'model expects that.')
     start, end = len(prompt), len(prompt) + len(answer.rstrip())
     if ignore_empty_think:
-        m = EMPTY_THINK.match(answer)
+        m = EMPTY_THINK.match(answer) or (prompt.rstrip().endswith('<think>') and CLOSE_THINK.match(answer))
         if m:
             start += m.end()
     return upto, (start, max(start, end))
@@ -128,6 +164,7 @@ def encode_chat_samples(tokenizer, messages: list[dict], tools: list | None = No
     ignore_think = loss_scale == 'ignore_empty_think'
     turns = [_turn(tokenizer, messages, i, tools, ignore_think, template_kwargs)
              for i in trained_turns(messages, loss_scale)]
+    check_tool_calls_rendered(tokenizer, messages, '\n'.join([full] + [upto for upto, _ in turns]))
     if all(full.startswith(upto) for upto, _ in turns):
         return [tokenize_spans(tokenizer, full, [span for _, span in turns])], False
     return [tokenize_spans(tokenizer, upto, [span]) for upto, span in turns], True
@@ -152,21 +189,45 @@ def encode_chat(tokenizer, messages: list[dict], tools: list | None = None, loss
     return samples[-1].as_dict()
 
 
-def end_of_turn_tokens(tokenizer, **template_kwargs) -> list[str]:
-    """The special token(s) the template closes an assistant turn with, found by rendering a probe turn."""
-    probe = [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'PROBE-ANSWER'}]
+def _tail_after(tokenizer, messages: list[dict], marker: str, tools=None, **template_kwargs) -> str | None:
+    """What the template renders after the last ``marker`` of the final (assistant) message, or None."""
     try:
-        prompt = render(tokenizer, probe[:1], add_generation_prompt=True, **template_kwargs)
-        upto = render(tokenizer, probe, **template_kwargs)
+        prompt = render(tokenizer, messages[:-1], tools=tools, add_generation_prompt=True, **template_kwargs)
+        upto = render(tokenizer, messages, tools=tools, **template_kwargs)
     except TemplateError:
-        return []
-    at = upto.find('PROBE-ANSWER', len(prompt) if upto.startswith(prompt) else 0)
-    if at < 0:
-        return []
-    tail = upto[at + len('PROBE-ANSWER'):].rstrip()
-    special = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
-    found = [tok for tok in special if tok and tok in tail]
-    return sorted(found, key=tail.rfind)
+        return None
+    at = upto.rfind(marker)
+    if at < (len(prompt) if upto.startswith(prompt) else 0):
+        return None
+    return upto[at + len(marker):].rstrip()
+
+
+def end_of_turn_tokens(tokenizer, **template_kwargs) -> list[str]:
+    """The special token(s) the template closes an assistant turn with, found by rendering probe turns: every special
+    token after a plain answer, then — where the template renders tool calls — the token a tool-call turn ends with
+    when that differs (gpt-oss's ``<|call|>``)."""
+    special = sorted({t for t in (*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()) if t},
+                     key=len, reverse=True)
+    user = {'role': 'user', 'content': 'Hi'}
+    found = []
+    tail = _tail_after(tokenizer, [user, {'role': 'assistant', 'content': 'PROBE-ANSWER'}], 'PROBE-ANSWER',
+                       **template_kwargs)
+    if tail:
+        found = sorted((t for t in special if t in tail), key=tail.rfind)
+    source = template_source(tokenizer)
+    if 'tool_calls' in source:
+        schema = {'type': 'function', 'function': {'name': 'probe_tool', 'description': 'probe',
+                                                   'parameters': {'type': 'object', 'properties': {}}}}
+        for args in ({'q': 'PROBE-ARG'}, '{"q": "PROBE-ARG"}'):  # a dict, or a JSON string for templates that need it
+            call = {'id': 'call0PROB', 'type': 'function', 'function': {'name': 'probe_tool', 'arguments': args}}
+            tail = _tail_after(tokenizer, [user, {'role': 'assistant', 'content': '', 'tool_calls': [call]}],
+                               'PROBE-ARG', tools=[schema] if 'tools' in source else None, **template_kwargs)
+            if tail is not None:
+                last = next((t for t in special if tail.endswith(t)), None)
+                if last and last not in found:
+                    found.append(last)
+                break
+    return found
 
 
 def stop_token_ids(tokenizer, generation_config=None) -> list[int]:

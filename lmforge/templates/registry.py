@@ -1,13 +1,15 @@
 """The small override registry: templates for models whose own template cannot serve.
 
 Only two cases belong here: base models that ship no chat template (they get ChatML, documented, or a name given
-with --template), and known-broken templates, each with a named fix. Everything else uses the model's own template.
+with --template), and known-broken templates, each with a named fix (`lmforge.templates.fixes`, applied to the model's
+own template when its defect is detected, and announced). Everything else uses the model's own template as shipped.
 """
 from __future__ import annotations
 
 import os
 
 from lmforge.errors import TemplateError
+from lmforge.templates.fixes import applied_fix, apply_fixes, describe
 
 # ChatML as Qwen2.5 writes it, without a default system prompt: the default for base models with no template.
 CHATML = (
@@ -30,7 +32,9 @@ def list_templates() -> dict[str, str]:
 def apply_template(tokenizer, template: str | None = None) -> str:
     """Give ``tokenizer`` the template to use; return where it came from (printed by the workflows).
 
-    ``template``: None (the model's own, ChatML when it has none), a registry name, or a path to a .jinja file.
+    ``template``: None (the model's own, ChatML when it has none), a registry name, or a path to a .jinja file (used
+    verbatim: the way to opt out of a fix). The model's own template gets the named fix its defect calls for, if any;
+    the returned text names it.
     """
     if template and os.path.isfile(template):
         with open(template, encoding='utf-8') as f:
@@ -45,6 +49,12 @@ def apply_template(tokenizer, template: str | None = None) -> str:
         _install(tokenizer, TEMPLATES[template])
         return f'registry template {template!r}'
     if tokenizer.chat_template:
+        already = applied_fix(tokenizer.chat_template)
+        if already:
+            return f"the model's own chat template, carrying {describe(already)} from an earlier lmforge run"
+        fixed = apply_fixes(tokenizer)
+        if fixed:
+            return f"the model's own chat template with {describe(fixed[0])}; inference prompts are unchanged"
         return "the model's own chat template"
     _install(tokenizer, TEMPLATES['chatml'])
     return 'ChatML (the model ships no chat template; pass --template to choose another)'

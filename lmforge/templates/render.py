@@ -41,9 +41,17 @@ def render(tokenizer, messages: list[dict], tools: list | None = None, add_gener
                                              continue_final_message=continue_final_message, tokenize=False,
                                              **template_kwargs)
     except jinja2.TemplateError as e:
-        roles = '/'.join(m.get('role', '?') for m in messages)
         raise TemplateError(f'the chat template of {template_name(tokenizer)} rejected a conversation '
-                            f'({roles}): {e}') from None
+                            f'({_roles(messages)}): {e}') from None
+    except (TypeError, ValueError, KeyError, IndexError) as e:
+        # A template that concatenates a dict to a string, indexes a missing key, ... or transformers refusing
+        # the request (continue_final_message on a template that drops the message): still a data/template error.
+        raise TemplateError(f'the chat template of {template_name(tokenizer)} could not render a conversation '
+                            f'({_roles(messages)}): {type(e).__name__}: {e}') from None
+
+
+def _roles(messages: list[dict]) -> str:
+    return '/'.join(str(m.get('role', '?')) for m in messages)
 
 
 def render_prompt(tokenizer, messages: list[dict], tools: list | None = None, **template_kwargs) -> str:

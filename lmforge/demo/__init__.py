@@ -1,0 +1,1 @@
+"""The embedded default: a small model built locally and bundled demo data."""

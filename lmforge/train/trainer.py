@@ -1,0 +1,140 @@
+"""ONE training path for every tuner: transformers' Trainer with three additions.
+
+1. The loss: token-level cross-entropy on the trained positions only, with the LM head computed only there
+   (``logits_to_keep`` as a boolean mask) where the model supports it, normalised by the number of trained tokens
+   of the whole optimizer step (gradient accumulation gives the same objective as one big batch).
+2. Throughput: non-pad tokens per forward are counted, and every log carries tokens/s, peak memory and MFU.
+3. Checkpoints are written to a staging directory and renamed into place when complete, so a crash never leaves a
+   half-written ``checkpoint-N`` that resuming could pick; each one also holds ``args.json``, the chat template and
+   the generation config used.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback
+
+from lmforge.train.metrics import MfuMeter, peak_memory_mb
+from lmforge.templates import IGNORE_INDEX
+
+STAGING = '.staging'
+
+
+class LmTrainer(Trainer):
+    def __init__(self, *args, use_logits_to_keep: bool = True, checkpoint_extras=None, mfu: MfuMeter | None = None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        # compute_loss below normalises by the step's trained-token count itself; this makes Trainer count it.
+        self.model_accepts_loss_kwargs = True
+        self.use_logits_to_keep = use_logits_to_keep
+        self.checkpoint_extras = checkpoint_extras  # callable(checkpoint_dir) writing args/template/generation
+        self.mfu = mfu
+        self.tokens_seen = 0
+        self._last_log = (time.perf_counter(), 0)
+        self._staging_dir = None
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop('labels')
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        if model.training:
+            mask = inputs.get('attention_mask')
+            self.tokens_seen += int(mask.sum()) if mask is not None else inputs['input_ids'].numel()
+        if self.use_logits_to_keep:
+            positions = torch.zeros_like(labels, dtype=torch.bool)
+            positions[:, :-1] = keep
+            outputs = model(**inputs, logits_to_keep=positions, use_cache=False)
+            logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])
+        else:
+            outputs = model(**inputs, use_cache=False)
+            logits = outputs.logits[:, :-1][keep]
+        loss = F.cross_entropy(logits.float(), targets[keep], reduction='sum')
+        if num_items_in_batch is not None:
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                loss = loss * self.accelerator.num_processes
+        else:
+            loss = loss / keep.sum().clamp(min=1)
+        return (loss, outputs) if return_outputs else loss
+
+    # ------------------------------------------------------------------ logging
+    def log(self, logs: dict, start_time=None) -> None:
+        if 'loss' in logs:  # a training log: add throughput since the previous one
+            now, tokens = time.perf_counter(), self.tokens_seen
+            last_time, last_tokens = self._last_log
+            if now > last_time:
+                rate = (tokens - last_tokens) / (now - last_time)
+                logs['tokens_per_second'] = round(rate, 1)
+                if self.mfu is not None:
+                    logs['mfu'] = round(self.mfu(rate), 5)
+            logs['peak_memory_mb'] = round(peak_memory_mb(), 1)
+            self._last_log = (now, tokens)
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _get_output_dir(self, trial):
+        return self._staging_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        from transformers.trainer_utils import rotate_checkpoints
+
+        run_dir = self.args.output_dir
+        self._staging_dir = os.path.join(run_dir, STAGING)
+        name = f'checkpoint-{self.state.global_step}'
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        if not self.args.should_save:
+            return
+        staged, final = os.path.join(run_dir, STAGING, name), os.path.join(run_dir, name)
+        if self.checkpoint_extras is not None:
+            self.checkpoint_extras(staged)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(staged, final)
+        shutil.rmtree(os.path.join(run_dir, STAGING), ignore_errors=True)
+        rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                           best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+
+
+class SaveAtEnd(TrainerCallback):
+    """Always leave a checkpoint of the final step, whatever --save_steps says."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = True
+
+
+def supports_logits_to_keep(model) -> bool:
+    """Whether the (possibly PEFT-wrapped) model's forward takes a boolean ``logits_to_keep`` mask."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, 'get_base_model') else model
+    return 'logits_to_keep' in inspect.signature(base.forward).parameters
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    """The newest complete checkpoint (one with its trainer state) in ``output_dir``."""
+    if not os.path.isdir(output_dir):
+        return None
+    steps = []
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name.startswith('checkpoint-') and name[11:].isdigit() and \
+                os.path.isfile(os.path.join(path, 'trainer_state.json')):
+            steps.append((int(name[11:]), path))
+    return max(steps)[1] if steps else None
+
+
+def write_json(path: str, data) -> None:
+    tmp = path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump(data, f, indent=2, ensure_ascii=False, default=str)
+    os.replace(tmp, path)

@@ -1,0 +1,4 @@
+"""One registry: tuner name -> how to wrap the model for training."""
+from lmforge.tuners.registry import TUNERS, prepare_model
+
+__all__ = ['TUNERS', 'prepare_model']

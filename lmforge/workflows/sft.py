@@ -1,0 +1,202 @@
+"""`lmforge sft` and `lmforge pt`: one function, top to bottom.
+
+output dir check -> model dir -> tokenizer + template -> data (all data errors surface before the model loads)
+-> model -> tuner -> Trainer -> train -> final checkpoint, plots, summary.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+from lmforge.args import PtArgs, SftArgs, from_kwargs, to_dict
+from lmforge.errors import ArgumentError
+
+
+def log(msg: str) -> None:
+    print(f'[lmforge] {msg}', flush=True)
+
+
+def sft(config: str | None = None, **kwargs) -> dict:
+    """Python SDK: ``sft(model=..., dataset=[...], tuner_type='lora', ...)``; the names of `lmforge sft --help`."""
+    return run_sft(from_kwargs(SftArgs, config, **kwargs))
+
+
+def pt(config: str | None = None, **kwargs) -> dict:
+    """Python SDK: ``pt(model=..., dataset=[...])``; the names of `lmforge pt --help`."""
+    return run_pt(from_kwargs(PtArgs, config, **kwargs))
+
+
+def run_sft(args: SftArgs) -> dict:
+    return train(args, mode='sft')
+
+
+def run_pt(args: PtArgs) -> dict:
+    return train(args, mode='pt')
+
+
+def prepare_output_dir(args) -> str | None:
+    """Refuse to mix runs: an output dir holding another run needs --overwrite_output_dir or resuming.
+    Returns the checkpoint to resume from (None for a fresh run)."""
+    from lmforge.train.trainer import latest_checkpoint
+
+    out = args.output_dir
+    resume = args.resume_from_checkpoint
+    if resume == 'latest':
+        resume = latest_checkpoint(out)
+        if resume is None:
+            raise ArgumentError('resume_from_checkpoint', f'"latest": {out} holds no complete checkpoint')
+    elif resume:
+        if not os.path.isfile(os.path.join(resume, 'trainer_state.json')):
+            raise ArgumentError('resume_from_checkpoint', f'{resume} is not a complete checkpoint '
+                                                          '(no trainer_state.json)')
+    holds_run = os.path.isdir(out) and any(
+        n.startswith('checkpoint-') or n in ('args.json', 'logging.jsonl') for n in os.listdir(out))
+    if holds_run and not resume:
+        if not args.overwrite_output_dir:
+            raise ArgumentError('output_dir', f'{out} already holds a training run. Pass --overwrite_output_dir '
+                                              'true to replace it, --resume_from_checkpoint latest to continue it, '
+                                              'or another --output_dir.')
+        log(f'--overwrite_output_dir: removing the previous run in {out}')
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    return resume
+
+
+def train(args, mode: str) -> dict:
+    from lmforge.data import PadCollator, PaddingFreeCollator, build_datasets
+    from lmforge.hub import resolve_model
+    from lmforge.models import load_model, load_tokenizer, pick_device, pick_dtype
+    from lmforge.templates import apply_template
+
+    resume = prepare_output_dir(args)
+    model_dir = resolve_model(args.model, use_hf=args.use_hf, revision=args.model_revision, token=args.hub_token)
+    log(f'model: {model_dir}')
+    tokenizer = load_tokenizer(model_dir, args.trust_remote_code)
+    if mode == 'sft':
+        log(f'chat template: {apply_template(tokenizer, args.template)}')
+
+    train_data, val_data = build_datasets(args, tokenizer, mode, log=log)
+
+    import transformers
+
+    device = pick_device()
+    dtype = pick_dtype(args.torch_dtype, device)
+    transformers.set_seed(args.seed)
+    model = load_model(model_dir, torch_dtype=args.torch_dtype, attn_impl=args.attn_impl, device='cpu',
+                       trust_remote_code=args.trust_remote_code)
+
+    from lmforge.tuners import prepare_model
+    model, n_trainable, n_total = prepare_model(model, args)
+    log(f'device: {device}, dtype: {str(dtype).replace("torch.", "")}, tuner: {args.tuner_type}, '
+        f'trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.2f}%)')
+
+    from lmforge.train.trainer import LmTrainer, SaveAtEnd, supports_logits_to_keep
+    padding_free = _padding_free(args, model)
+    use_logits_to_keep = args.use_logits_to_keep
+    if use_logits_to_keep is None:
+        use_logits_to_keep = supports_logits_to_keep(model)
+    log(f'batching: {"padding-free (one row per batch, per-sample position ids)" if padding_free else "padded"}; '
+        f'LM head on trained positions only: {use_logits_to_keep}')
+    collator = PaddingFreeCollator() if padding_free else PadCollator(tokenizer.pad_token_id)
+
+    from lmforge.train.metrics import JsonlLogger, MfuMeter, device_peak_flops, plot_logs
+    peak, peak_source = device_peak_flops(device, dtype)
+    log(f'MFU against {peak / 1e12:.2f} TFLOP/s ({peak_source})')
+    training_args = _training_args(args, dtype, device, has_eval=bool(val_data))
+    trainer = LmTrainer(
+        model=model, args=training_args, train_dataset=_ListDataset(train_data),
+        eval_dataset=_ListDataset(val_data) if val_data else None, data_collator=collator,
+        processing_class=tokenizer, callbacks=[JsonlLogger(os.path.join(args.output_dir, 'logging.jsonl')),
+                                               SaveAtEnd()],
+        use_logits_to_keep=use_logits_to_keep, mfu=MfuMeter(n_total, n_trainable, peak),
+        checkpoint_extras=lambda d: save_checkpoint_extras(d, args, model_dir, model, tokenizer))
+    from lmforge.train.trainer import write_json
+    write_json(os.path.join(args.output_dir, 'args.json'), {**to_dict(args), 'base_model_dir': model_dir})
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    from lmforge.train.trainer import latest_checkpoint
+    last = latest_checkpoint(args.output_dir)
+    plots = plot_logs(os.path.join(args.output_dir, 'logging.jsonl'), args.output_dir)
+    log(f'done: {trainer.state.global_step} steps, train loss {result.training_loss:.4f}, '
+        f'{trainer.tokens_seen} tokens trained')
+    log(f'last checkpoint: {last}')
+    if plots:
+        log(f'plots: {", ".join(plots)}')
+    log(f'chat with it: lmforge infer --model {last}')
+    return {'output_dir': args.output_dir, 'last_checkpoint': last, 'train_loss': result.training_loss,
+            'global_step': trainer.state.global_step, 'log_history': trainer.state.log_history}
+
+
+def save_checkpoint_extras(ckpt_dir: str, args, model_dir: str, model, tokenizer) -> None:
+    """What makes a checkpoint self-describing: the arguments, the base model, the chat template (saved with the
+    tokenizer by the Trainer) and the generation config with the template's end-of-turn tokens as eos."""
+    import copy
+
+    from lmforge.templates import stop_token_ids
+    from lmforge.train.trainer import write_json
+
+    write_json(os.path.join(ckpt_dir, 'args.json'), {**to_dict(args), 'base_model_dir': model_dir})
+    base = model.get_base_model() if hasattr(model, 'get_base_model') else model
+    gen = copy.deepcopy(base.generation_config)
+    if getattr(tokenizer, 'chat_template', None):
+        gen.eos_token_id = stop_token_ids(tokenizer, gen)
+    gen.pad_token_id = tokenizer.pad_token_id
+    gen.save_pretrained(ckpt_dir)
+    if not os.path.isfile(os.path.join(ckpt_dir, 'tokenizer_config.json')):
+        tokenizer.save_pretrained(ckpt_dir)
+
+
+def _padding_free(args, model) -> bool:
+    """Padding-free batching needs the model to build its attention mask from position ids (transformers'
+    masking utilities do, for sdpa/eager/flash attention)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, 'get_base_model') else model
+    supported = 'create_causal_mask' in inspect.getsource(inspect.getmodule(type(base)))
+    wanted = args.padding_free if args.padding_free is not None else supported
+    if (wanted or args.packing) and not supported:
+        flag = 'packing' if args.packing else 'padding_free'
+        raise ArgumentError(flag, f'{type(base).__name__} does not build its attention mask from position ids, so '
+                                  'samples in one row would attend to each other; turn it off')
+    return bool(wanted or args.packing)
+
+
+def _training_args(args, dtype, device: str, has_eval: bool):
+    import torch
+    from transformers import TrainingArguments
+
+    report = [r for r in args.report_to if r != 'auto']
+    if args.report_to == ['auto']:
+        import importlib.util
+        report = ['tensorboard'] if importlib.util.find_spec('tensorboard') else []
+    if 'none' in report:
+        report = []
+    return TrainingArguments(
+        output_dir=args.output_dir, num_train_epochs=args.num_train_epochs, max_steps=args.max_steps,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.lr,
+        lr_scheduler_type=args.lr_scheduler_type, warmup_steps=args.warmup_steps or args.warmup_ratio,
+        weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, optim=args.optim,
+        save_strategy='steps', save_steps=args.save_steps, save_total_limit=args.save_total_limit,
+        eval_strategy='steps' if has_eval else 'no', eval_steps=args.eval_steps or args.save_steps,
+        logging_steps=args.logging_steps, logging_first_step=True, seed=args.seed, data_seed=args.data_seed,
+        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+        activation_checkpointing=args.gradient_checkpointing,
+        activation_checkpointing_kwargs={'use_reentrant': False} if args.gradient_checkpointing else None,
+        report_to=report or 'none', dataloader_num_workers=args.dataloader_num_workers,
+        dataloader_pin_memory=device != 'cpu',
+        remove_unused_columns=False, prediction_loss_only=True, save_only_model=False)
+
+
+class _ListDataset:
+    """A list of encoded samples as a map-style dataset."""
+
+    def __init__(self, items: list):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]

@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny models of real architectures with a ChatML BPE tokenizer trained here (no hub)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
+os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+os.environ.setdefault('TRANSFORMERS_VERBOSITY', 'error')
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.normpath(os.path.join(REPO, '..', 'shared'))
+
+
+def chat_rows(n: int, seed: int = 0) -> list[dict]:
+    """A small learnable chat task: 'Last letter: word' -> the word's last letter."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        word = ''.join(rng.choice('abcdefgh') for _ in range(rng.randint(3, 5)))
+        rows.append({'messages': [{'role': 'user', 'content': f'Last letter: {word}'},
+                                  {'role': 'assistant', 'content': word[-1]}]})
+    return rows
+
+
+def write_jsonl(path, rows) -> str:
+    with open(path, 'w', encoding='utf-8') as f:
+        for r in rows:
+            f.write(json.dumps(r) + '\n')
+    return str(path)
+
+
+def make_tokenizer():
+    from lmforge.demo.build import CHATML_SPECIAL, DEMO_CHAT_TEMPLATE, build_tokenizer
+    from lmforge.templates import render
+
+    corpus_rows = chat_rows(200)
+    probe = build_tokenizer([], CHATML_SPECIAL, vocab_size=300, chat_template=DEMO_CHAT_TEMPLATE,
+                            eos_token='<|im_end|>', pad_token='<|endoftext|>')
+    corpus = [render(probe, r['messages']) for r in corpus_rows] + ['The quick brown fox jumps over the lazy dog.'] * 5
+    return build_tokenizer(corpus, CHATML_SPECIAL, vocab_size=320, chat_template=DEMO_CHAT_TEMPLATE,
+                           eos_token='<|im_end|>', pad_token='<|endoftext|>', split_letters=True)
+
+
+@pytest.fixture(scope='session')
+def tokenizer():
+    return make_tokenizer()
+
+
+def _model_dir(factory, tokenizer, arch: str):
+    from lmforge.demo.build import build_model, save_model_dir
+
+    path = factory.mktemp(f'tiny-{arch}')
+    model = build_model(tokenizer, arch, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                        intermediate_size=128)
+    return save_model_dir(str(path), model, tokenizer)
+
+
+@pytest.fixture(scope='session')
+def qwen2_dir(tmp_path_factory, tokenizer):
+    return _model_dir(tmp_path_factory, tokenizer, 'qwen2')
+
+
+@pytest.fixture(scope='session')
+def llama_dir(tmp_path_factory, tokenizer):
+    return _model_dir(tmp_path_factory, tokenizer, 'llama')
+
+
+@pytest.fixture
+def chat_file(tmp_path):
+    return write_jsonl(tmp_path / 'chat.jsonl', chat_rows(64))
