@@ -16,15 +16,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.normpath(os.path.join(REPO, '..', 'shared'))
 
 
-def chat_rows(n: int, seed: int = 0) -> list[dict]:
-    """A small learnable chat task: 'Last letter: word' -> the word's last letter."""
+def chat_rows(n: int, seed: int = 0, task: str = 'last') -> list[dict]:
+    """A small learnable chat task: 'Last letter: word' -> the word's last letter (or its first letter)."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         word = ''.join(rng.choice('abcdefgh') for _ in range(rng.randint(3, 5)))
-        rows.append({'messages': [{'role': 'user', 'content': f'Last letter: {word}'},
-                                  {'role': 'assistant', 'content': word[-1]}]})
+        answer = word[-1] if task == 'last' else word[0]
+        rows.append({'messages': [{'role': 'user', 'content': f'{task.capitalize()} letter: {word}'},
+                                  {'role': 'assistant', 'content': answer}]})
     return rows
+
+
+def fact_rows(n: int) -> list[dict]:
+    """Eight fixed question -> answer pairs, repeated: learnable by memory alone (what LoRA picks up fast)."""
+    facts = [('Code for ' + a, b) for a, b in zip(['abc', 'bcd', 'cde', 'def', 'efg', 'fgh', 'ghb', 'hac'],
+                                                 ['fed', 'gab', 'hhe', 'cab', 'bad', 'ace', 'dig', 'egg'])]
+    return [{'messages': [{'role': 'user', 'content': q}, {'role': 'assistant', 'content': a}]}
+            for q, a in (facts[i % len(facts)] for i in range(n))]
 
 
 def write_jsonl(path, rows) -> str:
@@ -73,3 +82,26 @@ def llama_dir(tmp_path_factory, tokenizer):
 @pytest.fixture
 def chat_file(tmp_path):
     return write_jsonl(tmp_path / 'chat.jsonl', chat_rows(64))
+
+
+def _pretrained(factory, model_dir, name):
+    """The tiny model after a short full fine-tune on the 'first letter' task: a base that has learned something,
+    which is what LoRA adapts in practice (LoRA on random weights cannot sharpen a random frozen LM head)."""
+    from lmforge import sft
+
+    tmp = factory.mktemp(name)
+    data = write_jsonl(tmp / 'first.jsonl', chat_rows(256, seed=5, task='first'))
+    out = sft(model=model_dir, dataset=[data], tuner_type='full', max_steps=60, learning_rate=3e-3,
+              per_device_train_batch_size=16, gradient_checkpointing=False, report_to=['none'], save_steps=1000,
+              output_dir=str(tmp / 'out'), logging_steps=20)
+    return out['last_checkpoint']
+
+
+@pytest.fixture(scope='session')
+def qwen2_trained_dir(tmp_path_factory, qwen2_dir):
+    return _pretrained(tmp_path_factory, qwen2_dir, 'trained-qwen2')
+
+
+@pytest.fixture(scope='session')
+def llama_trained_dir(tmp_path_factory, llama_dir):
+    return _pretrained(tmp_path_factory, llama_dir, 'trained-llama')
