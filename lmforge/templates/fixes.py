@@ -101,7 +101,7 @@ def _body_think_prefill(opener: str) -> str:
     {%- set lmf_head = lmf_prompt[lmf_base|length:lmf_prompt|length - OPENER|length] %}
     {%- set lmf_body = lmf_turn[lmf_base|length:] %}
     {%- if not (lmf_turn.startswith(lmf_base) and lmf_body.startswith(lmf_head)) %}
-      {{- raise_exception('lmforge fix think-prefill: this assistant turn does not render as the generation prompt continued') }}
+      {{- raise_exception('lmforge fix think-prefill: this turn does not continue its generation prompt') }}
     {%- endif %}
     {{- lmf_prompt + lmf_reasoning.strip() + '\\n</think>\\n\\n' + lmf_body[lmf_head|length:] }}
   {%- else %}
@@ -126,7 +126,8 @@ def _detect_system_in_last_user(tokenizer):
 
 def _body_system_in_last_user() -> str:
     return """
-{%- if not add_generation_prompt and messages|length > 2 and messages[0].role == 'system' and messages[-1].role == 'assistant' %}
+{%- if not add_generation_prompt and messages|length > 2 and messages[0].role == 'system'
+      and messages[-1].role == 'assistant' %}
   {%- set lmf_rest = messages[1:] %}
   {%- set lmf_before = lmf_original(lmf_rest[:-1], true) %}
   {%- set lmf_after = lmf_original(lmf_rest, false) %}
@@ -185,7 +186,8 @@ def wrap(source: str, fix: Fix, params: dict) -> str:
 
     ``+%}`` and ``{%+`` keep trim_blocks/lstrip_blocks from touching the original's first and last characters.
     """
-    header = f"{MARKER}{fix.name}: the model's own template is the macro {MACRO}, unchanged; see lmforge.templates.fixes -#}}\n"
+    header = (f"{MARKER}{fix.name}: the model's own template is the macro {MACRO}, unchanged; "
+              "see lmforge.templates.fixes -#}\n")
     return (f'{header}{{%- macro {MACRO}(messages, add_generation_prompt) +%}}{source}{{%+ endmacro %}}'
             + fix.body(**params).strip('\n'))
 

@@ -1,7 +1,8 @@
 """Generated text -> OpenAI-style tool calls, in the format the model's own chat template teaches.
 
     content, calls = parse_tool_calls(text, tokenizer)     # or a template string, or a format name
-    calls == [{"id": "call_...", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": ...}"}}]
+    calls == [{"id": "call_...", "type": "function",
+               "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]
 
 Formats (picked by `detect_format` from what the template renders):
     hermes      ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (Qwen2.5/3, Hermes, SmolLM3; a JSON list
