@@ -84,7 +84,7 @@ def _read_jsonl(path: str) -> list[Row]:
             if not line.strip():
                 continue
             try:
-                data = json.loads(line)
+                data = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 rows.append(Row({'__error__': f'bad JSON line: {e.msg} at column {e.colno}'}, path, i))
                 continue
