@@ -118,3 +118,9 @@ def test_help_lists_every_flag_with_default_and_is_fast():
                            capture_output=True, text=True, cwd=REPO)
     assert probe.stdout.strip().endswith('False False')
     assert took < 5  # generous for a loaded CI machine; ~0.1 s here
+
+
+@pytest.mark.parametrize('name, cls', [('sft_lora.yaml', SftArgs), ('pt_full.yaml', PtArgs)])
+def test_example_configs_parse(name, cls):
+    args = parse_args(cls, ['--config', os.path.join(REPO, 'examples', name)])
+    assert args.model and args.dataset
