@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
-from lmforge.train.metrics import MfuMeter, peak_memory_mb
+from lmforge.errors import LmforgeError
 from lmforge.templates import IGNORE_INDEX
+from lmforge.train.metrics import MfuMeter, peak_memory_mb
 
 STAGING = '.staging'
 
@@ -35,7 +37,8 @@ class LmTrainer(Trainer):
         self.checkpoint_extras = checkpoint_extras  # callable(checkpoint_dir) writing args/template/generation
         self.mfu = mfu
         self.tokens_seen = 0
-        self._last_log = (time.perf_counter(), 0)
+        self.samples_seen = 0
+        self._last_log = (time.perf_counter(), 0, 0)
         self._staging_dir = None
 
     # ------------------------------------------------------------------ loss
@@ -46,6 +49,8 @@ class LmTrainer(Trainer):
         if model.training:
             mask = inputs.get('attention_mask')
             self.tokens_seen += int(mask.sum()) if mask is not None else inputs['input_ids'].numel()
+            pos = inputs.get('position_ids')  # padding-free: one sample starts wherever a position is 0
+            self.samples_seen += int((pos == 0).sum()) if pos is not None and mask is None else len(labels)
         if self.use_logits_to_keep:
             positions = torch.zeros_like(labels, dtype=torch.bool)
             positions[:, :-1] = keep
@@ -63,18 +68,29 @@ class LmTrainer(Trainer):
             loss = loss / keep.sum().clamp(min=1)
         return (loss, outputs) if return_outputs else loss
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss):  # before the optimizer step: the weights and last checkpoint stay good
+            raise TrainingDiverged(
+                f'the loss became {loss.item()} at step {self.state.global_step + 1}; training stopped before that '
+                f'step\'s update. Likely causes: a learning rate too high (now {self._get_learning_rate():.3g}), fp16 '
+                'overflow (use bf16 or fp32), or broken data rows. The last good checkpoint is kept in '
+                f'{self.args.output_dir}; resume from it with --resume_from_checkpoint latest after changing the cause.')
+        return loss
+
     # ------------------------------------------------------------------ logging
     def log(self, logs: dict, start_time=None) -> None:
         if 'loss' in logs:  # a training log: add throughput since the previous one
-            now, tokens = time.perf_counter(), self.tokens_seen
-            last_time, last_tokens = self._last_log
+            now, tokens, samples = time.perf_counter(), self.tokens_seen, self.samples_seen
+            last_time, last_tokens, last_samples = self._last_log
             if now > last_time:
                 rate = (tokens - last_tokens) / (now - last_time)
                 logs['tokens_per_second'] = round(rate, 1)
+                logs['samples_per_second'] = round((samples - last_samples) / (now - last_time), 3)
                 if self.mfu is not None:
                     logs['mfu'] = round(self.mfu(rate), 5)
             logs['peak_memory_mb'] = round(peak_memory_mb(), 1)
-            self._last_log = (now, tokens)
+            self._last_log = (now, tokens, samples)
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ checkpoints
@@ -102,6 +118,41 @@ class LmTrainer(Trainer):
         shutil.rmtree(os.path.join(run_dir, STAGING), ignore_errors=True)
         rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                            best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+
+
+class TrainingDiverged(LmforgeError):
+    """The loss became NaN or infinite."""
+
+
+class GracefulStop(TrainerCallback):
+    """SIGTERM or SIGINT (preemption, Ctrl-C): finish the current step, save a checkpoint, stop cleanly.
+    A second SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        print(f'\n[lmforge] {self.signal} received: saving a checkpoint after this step, then stopping', flush=True)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.signal is not None:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
 
 class SaveAtEnd(TrainerCallback):

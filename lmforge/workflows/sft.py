@@ -90,7 +90,7 @@ def train(args, mode: str) -> dict:
     log(f'device: {device}, dtype: {str(dtype).replace("torch.", "")}, tuner: {args.tuner_type}, '
         f'trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.2f}%)')
 
-    from lmforge.train.trainer import LmTrainer, SaveAtEnd, supports_logits_to_keep
+    from lmforge.train.trainer import GracefulStop, LmTrainer, SaveAtEnd, supports_logits_to_keep
     padding_free = _padding_free(args, model)
     use_logits_to_keep = args.use_logits_to_keep
     if use_logits_to_keep is None:
@@ -103,11 +103,12 @@ def train(args, mode: str) -> dict:
     peak, peak_source = device_peak_flops(device, dtype)
     log(f'MFU against {peak / 1e12:.2f} TFLOP/s ({peak_source})')
     training_args = _training_args(args, dtype, device, has_eval=bool(val_data))
+    stop = GracefulStop()
     trainer = LmTrainer(
         model=model, args=training_args, train_dataset=_ListDataset(train_data),
         eval_dataset=_ListDataset(val_data) if val_data else None, data_collator=collator,
         processing_class=tokenizer, callbacks=[JsonlLogger(os.path.join(args.output_dir, 'logging.jsonl')),
-                                               SaveAtEnd()],
+                                               SaveAtEnd(), stop],
         use_logits_to_keep=use_logits_to_keep, mfu=MfuMeter(n_total, n_trainable, peak),
         checkpoint_extras=lambda d: save_checkpoint_extras(d, args, model_dir, model, tokenizer))
     from lmforge.train.trainer import write_json
@@ -122,9 +123,13 @@ def train(args, mode: str) -> dict:
     log(f'last checkpoint: {last}')
     if plots:
         log(f'plots: {", ".join(plots)}')
+    if stop.signal:
+        log(f'stopped by {stop.signal} at step {trainer.state.global_step}; continue with '
+            '--resume_from_checkpoint latest')
     log(f'chat with it: lmforge infer --model {last}')
     return {'output_dir': args.output_dir, 'last_checkpoint': last, 'train_loss': result.training_loss,
-            'global_step': trainer.state.global_step, 'log_history': trainer.state.log_history}
+            'global_step': trainer.state.global_step, 'log_history': trainer.state.log_history,
+            'stopped_by': stop.signal}
 
 
 def save_checkpoint_extras(ckpt_dir: str, args, model_dir: str, model, tokenizer) -> None:
