@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -316,10 +317,12 @@ def _load_named_adapters(model, named: dict, merge_first: bool):
         model = model.merge_and_unload()
     for i, (name, path) in enumerate(named.items()):
         try:
-            if i == 0:
-                model = PeftModel.from_pretrained(model, path, adapter_name=name)
-            else:
-                model.load_adapter(path, adapter_name=name)
+            with warnings.catch_warnings():  # peft asks about gradient checkpointing by a deprecated name
+                warnings.simplefilter('ignore', FutureWarning)
+                if i == 0:
+                    model = PeftModel.from_pretrained(model, path, adapter_name=name)
+                else:
+                    model.load_adapter(path, adapter_name=name)
         except (OSError, ValueError) as e:
             raise ModelError(f'could not load the adapter {name}={path}: {e}') from None
     return model
@@ -354,6 +357,7 @@ class Sequence:
         self.tokenizer = tokenizer
         self.stop_ids = set(stop_ids)
         self.listener: Callable | None = listener
+        self.index = 0  # the choice it answers, for whoever submitted it
         self.token_ids: list[int] = []  # every generated id, the end-of-turn token included
         self.text = ''  # released text
         self.logprobs: list[TokenLogprob] = []  # released tokens' logprobs (config.logprobs)

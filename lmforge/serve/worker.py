@@ -1,0 +1,138 @@
+"""The engine's own thread: requests queue here and run in batches, never on the server's event loop.
+
+Generation requests waiting together are batched (up to ``max_batch_size`` rows, all for the same adapter) and
+generated with left padding by `PtEngine.generate_rows`; a request that arrives while a batch runs joins the next one.
+Other work (embeddings, prompt logprobs) runs as single calls between batches.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+log = logging.getLogger('lmforge.serve')
+SHUTDOWN_MESSAGE = 'the server is shutting down'
+
+
+@dataclass
+class GenerateJob:
+    rows: list  # engine Sequences
+    adapter: str | None = None
+
+
+@dataclass
+class CallJob:
+    fn: Callable
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    done: Callable[[Any, BaseException | None], None] | None = None  # called with (result, error) on the worker
+
+
+class WorkerStopped(RuntimeError):
+    """The worker is not running (the server is shutting down)."""
+
+
+class EngineWorker:
+    def __init__(self, engine, max_batch_size: int = 16):
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        self._queue: collections.deque = collections.deque()
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting for a batch (not the batch in progress)."""
+        with self._cv:
+            return sum(len(j.rows) for j in self._queue if isinstance(j, GenerateJob))
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    def start(self) -> None:
+        with self._cv:
+            if self.alive:
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name='lmforge-engine', daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop after the batch in progress; queued work fails with `WorkerStopped`."""
+        with self._cv:
+            self._stopping = True
+            pending = list(self._queue)
+            self._queue.clear()
+            self._cv.notify_all()
+        for job in pending:
+            _fail(job, WorkerStopped(SHUTDOWN_MESSAGE))
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def submit(self, job: GenerateJob | CallJob) -> None:
+        with self._cv:
+            if self._stopping or self._thread is None:
+                raise WorkerStopped('the engine is not running')
+            self._queue.append(job)
+            self._cv.notify()
+
+    def _next_batch(self) -> list:
+        """The next job, plus the generation jobs queued behind it that fit in its batch (same adapter)."""
+        with self._cv:
+            while not self._queue and not self._stopping:
+                self._cv.wait()
+            if self._stopping:
+                return []
+            first = self._queue.popleft()
+            if not isinstance(first, GenerateJob):
+                return [first]
+            batch, size = [first], len(first.rows)
+            for job in list(self._queue):
+                if isinstance(job, GenerateJob) and job.adapter == first.adapter and \
+                        size + len(job.rows) <= self.max_batch_size:
+                    self._queue.remove(job)
+                    batch.append(job)
+                    size += len(job.rows)
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            jobs = self._next_batch()
+            if not jobs:
+                return
+            if isinstance(jobs[0], CallJob):
+                self._call(jobs[0])
+                continue
+            rows = [r for job in jobs for r in job.rows if not r.done and not r.cancelled]
+            for job in jobs:
+                for r in job.rows:
+                    if r.cancelled and not r.done:
+                        r.finish('abort')
+            for start in range(0, len(rows), self.max_batch_size):  # one request's n can exceed a batch
+                try:
+                    self.engine.generate_rows(rows[start:start + self.max_batch_size], adapter=jobs[0].adapter)
+                except Exception:  # the rows were told (Sequence.fail); keep serving
+                    log.exception('generation failed')
+
+    @staticmethod
+    def _call(job: CallJob) -> None:
+        try:
+            result, error = job.fn(*job.args, **job.kwargs), None
+        except Exception as e:  # handed to the waiting request
+            result, error = None, e
+        if job.done is not None:
+            job.done(result, error)
+
+
+def _fail(job, error: BaseException) -> None:
+    if isinstance(job, CallJob):
+        if job.done is not None:
+            job.done(None, error)
+    else:
+        for r in job.rows:
+            if not r.done:
+                r.fail(str(error))
