@@ -8,7 +8,8 @@ __version__ = '0.1.0'
 
 _LAZY = {
     'sft': 'lmforge.workflows.sft', 'pt': 'lmforge.workflows.sft', 'infer': 'lmforge.workflows.infer',
-    'download': 'lmforge.workflows.download', 'demo': 'lmforge.workflows.demo',
+    'download': 'lmforge.workflows.download', 'demo': 'lmforge.workflows.demo', 'rlhf': 'lmforge.workflows.rlhf',
+    'export': 'lmforge.export', 'eval': 'lmforge.eval',  # callable packages: lmforge.export(...), lmforge.eval(...)
 }
 
 
@@ -19,4 +20,4 @@ def __getattr__(name):
     raise AttributeError(f'module lmforge has no attribute {name!r}')
 
 
-__all__ = ['sft', 'pt', 'infer', 'download', 'demo', '__version__']
+__all__ = ['sft', 'pt', 'rlhf', 'infer', 'download', 'demo', 'export', 'eval', '__version__']

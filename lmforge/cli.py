@@ -20,12 +20,21 @@ COMMANDS = {
     'demo': ('lmforge.args:DemoArgs', 'lmforge.workflows.demo:run_demo',
              'build a small model, fine-tune it on bundled data, show it learned'),
     'template': (None, 'lmforge.templates.show:main', 'show a rendered conversation with the trained tokens marked'),
+    'data': (None, 'lmforge.data.cli:main', 'list the named datasets; check a dataset against a model'),
+    'serve': ('lmforge.args.serve:ServeArgs', 'lmforge.workflows.serve:run_serve',
+              'OpenAI-compatible server (chat, completions, embeddings)'),
+    'deploy': ('lmforge.args.serve:ServeArgs', 'lmforge.workflows.serve:run_serve', 'alias of serve'),
+    'estimate': ('lmforge.args.estimate:EstimateArgs', 'lmforge.estimate:run_estimate',
+                 'predict the peak GPU memory of a training run from the config alone'),
+    'rlhf': ('lmforge.args.rlhf:RlhfArgs', 'lmforge.workflows.rlhf:run_rlhf',
+             'preference alignment and RL: dpo, orpo, simpo, cpo, kto, rm, ppo, grpo, gkd'),
+    'export': ('lmforge.args.export:ExportArgs', 'lmforge.workflows.export:run_export',
+               'merge LoRA, quantize, GGUF + Ollama Modelfile, push to hub'),
+    'eval': ('lmforge.args.eval:EvalArgs', 'lmforge.workflows.eval:run_eval',
+             'benchmarks (lm-eval-harness) and custom .jsonl sets, on a model or a server'),
 }
 PLANNED = {
-    'rlhf': 'preference alignment (DPO, KTO, ORPO, SimPO, CPO, GRPO, GKD, reward models)',
-    'serve': 'OpenAI-compatible server', 'deploy': 'alias of serve', 'eval': 'evaluation on benchmarks',
-    'export': 'merge LoRA, quantize, GGUF, push to hub', 'data': 'list, check and inspect datasets',
-    'estimate': 'predict training memory', 'webui': 'Gradio web UI', 'app': 'chat web app',
+    'webui': 'Gradio web UI', 'app': 'chat web app',
 }
 
 
@@ -71,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             return _load(func_spec)(rest) or 0
         from lmforge.args import parse_args
         args = parse_args(_load(args_spec), rest, prog=f'lmforge {command}')
+        from lmforge.train.distributed import relaunch
+        code = relaunch(command, rest)  # NPROC_PER_NODE / NNODES: the same command under torchrun
+        if code is not None:
+            return code
         _load(func_spec)(args)
     except LmforgeError as e:
         print(f'lmforge {command}: error: {e}', file=sys.stderr)

@@ -11,6 +11,9 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 os.environ.setdefault('TRANSFORMERS_VERBOSITY', 'error')
+# The tiny test models' matmuls are too small to share among threads: one thread is several times faster on a
+# 2-core machine, in this process and in the `lmforge` subprocesses the tests start.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.normpath(os.path.join(REPO, '..', 'shared'))
@@ -53,6 +56,20 @@ def make_tokenizer():
     corpus = [render(probe, r['messages']) for r in corpus_rows] + ['The quick brown fox jumps over the lazy dog.'] * 5
     return build_tokenizer(corpus, CHATML_SPECIAL, vocab_size=320, chat_template=DEMO_CHAT_TEMPLATE,
                            eos_token='<|im_end|>', pad_token='<|endoftext|>', split_letters=True)
+
+
+@pytest.fixture(scope='session', autouse=True)
+def one_torch_thread():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker('gpu'):
+        import torch
+        if not torch.cuda.is_available():
+            pytest.skip('needs a CUDA GPU')
 
 
 @pytest.fixture(scope='session')

@@ -34,7 +34,7 @@ class DemoArgs:
     """
     command = 'demo'
     output_dir: str = arg('demo_output', 'where the base model, checkpoints and results go')
-    max_steps: int = arg(400, 'training steps (fewer for a quicker, weaker demo)')
+    max_steps: int = arg(800, 'training steps (fewer for a quicker, weaker demo)')
     num_eval: int = arg(40, 'held-out questions asked before and after training')
     serve: bool = arg(True, 'after training, answer a question through the OpenAI-compatible server')
     overwrite_output_dir: bool = arg(True, 'replace an earlier demo in --output_dir')

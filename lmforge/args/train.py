@@ -1,14 +1,23 @@
 """Arguments of `lmforge sft` and `lmforge pt` (ms-swift's names where they exist)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional
 
 from lmforge.args.common import ModelArgs, TemplateArgs
+from lmforge.args.distributed import DistributedArgs
 from lmforge.args.parse import arg
 from lmforge.errors import ArgumentError
 
-TUNER_TYPES = ('lora', 'full')
+TUNER_TYPES = ('lora', 'full', 'adalora', 'vera', 'boft', 'fourierft', 'miss', 'bone', 'adapter', 'llamapro',
+               'longlora', 'reft')
+INIT_WEIGHTS = ('true', 'false', 'gaussian', 'pissa', 'olora', 'loftq')
+QUANT_METHODS = ('bnb', 'hqq', 'eetq')
+QUANTIZABLE_TUNERS = ('lora', 'longlora', 'adalora', 'vera', 'boft', 'fourierft', 'miss', 'bone')
+REFT_UNAVAILABLE = ('reft is not available: pyreft (0.1.0, its only release) pins transformers==4.45.1, '
+                    'tokenizers 0.20 and huggingface_hub < 1, which would replace the transformers 5 this version '
+                    'of lmforge runs on. Use --tuner_type lora (or adapter) instead.')
 TRUNCATION = ('delete', 'left', 'right')
 LOSS_SCALES = ('default', 'last_round', 'all', 'ignore_empty_think')
 SCHEDULERS = ('linear', 'cosine', 'cosine_with_restarts', 'polynomial', 'constant', 'constant_with_warmup',
@@ -17,8 +26,9 @@ SCHEDULERS = ('linear', 'cosine', 'cosine_with_restarts', 'polynomial', 'constan
 
 @dataclass
 class DataArgs:
-    dataset: list[str] = arg(help='training data: files (jsonl/json/csv/parquet), dirs or hub ids; `path#N` samples '
-                                  'N rows', factory=list)
+    dataset: list[str] = arg(help='training data: files (jsonl/json/csv/parquet/arrow/txt), dirs, save_to_disk '
+                                  'folders, registry names (`lmforge data list`) or hub ids; `NAME:subset#N` picks a '
+                                  'subset and samples N rows', factory=list)
     val_dataset: list[str] = arg(help='validation data, same forms as --dataset', factory=list)
     split_dataset_ratio: float = arg(0.0, 'fraction of --dataset held out for validation when no --val_dataset')
     max_length: int = arg(2048, 'longest tokenized row; longer rows follow --truncation_strategy')
@@ -29,18 +39,172 @@ class DataArgs:
     packing: bool = arg(False, 'pack several rows into each --max_length sequence (attention never crosses rows)')
     padding_free: Optional[bool] = arg(None, 'train each batch as one unpadded row with per-sample position ids; '
                                              'default: on where the attention supports it')
+    streaming: bool = arg(False, 'read, shuffle and encode the data while training instead of up front (corpora '
+                                 'that do not fit in memory); needs --max_steps')
+    shuffle_buffer_size: int = arg(1000, 'rows in the shuffle buffer of --streaming')
+    dataset_shuffle: bool = arg(True, 'shuffle the rows of --streaming data (in the buffer)')
+    custom_dataset_info: list[str] = arg(help='JSON/YAML files registering more named datasets (ms-swift or '
+                                              'LLaMA-Factory format)', factory=list)
+    strict: bool = arg(False, 'stop at the first invalid row instead of skipping invalid rows')
+    load_from_cache_file: bool = arg(True, 'reuse encoded datasets cached on disk ($LMFORGE_DATA_CACHE, default '
+                                           '~/.cache/lmforge/datasets); false re-encodes')
+
+    def validate_data(self):
+        if self.shuffle_buffer_size <= 0:
+            raise ArgumentError('shuffle_buffer_size', f'must be positive, got {self.shuffle_buffer_size}')
+        if self.streaming:
+            if getattr(self, 'max_steps', 1) <= 0:
+                raise ArgumentError('max_steps', 'is required with --streaming: a stream has no length, so the run '
+                                                 'cannot count epochs; set --max_steps N')
+            if self.split_dataset_ratio > 0:
+                raise ArgumentError('split_dataset_ratio', 'cannot hold rows out of a stream; pass --val_dataset '
+                                                           'with --streaming')
 
 
 @dataclass
 class TunerArgs:
-    tuner_type: str = arg('lora', 'how the model is trained: LoRA adapters or all parameters', choices=TUNER_TYPES)
-    lora_rank: int = arg(8, 'LoRA rank r')
+    tuner_type: str = arg('lora', 'how the model is trained: adapters (lora, adalora, vera, boft, fourierft, miss, '
+                                  'bone = miss, adapter, longlora, llamapro) or all parameters (full)',
+                          choices=TUNER_TYPES)
+    lora_rank: int = arg(8, 'LoRA rank r (also the rank of miss/bone)')
     lora_alpha: int = arg(32, 'LoRA scaling alpha')
     lora_dropout: float = arg(0.05, 'dropout on the LoRA input')
     target_modules: list[str] = arg(help='modules that get adapters: all-linear, or names/regex',
                                     factory=lambda: ['all-linear'])
     modules_to_save: list[str] = arg(help='extra modules trained fully and saved with the adapter', factory=list)
     adapters: list[str] = arg(help='LoRA checkpoint(s) to continue training from', factory=list)
+    # ---- LoRA variants
+    use_dora: bool = arg(False, 'DoRA: weight-decomposed LoRA (magnitude + direction)')
+    use_rslora: bool = arg(False, 'rank-stabilised LoRA scaling alpha/sqrt(r) instead of alpha/r')
+    lorap_lr_ratio: Optional[float] = arg(None, 'LoRA+: the learning rate of the B matrices is this times that of A '
+                                                '(e.g. 16)')
+    init_weights: str = arg('true', 'adapter initialisation: true (B = 0), false (random: the model changes at '
+                                    'step 0), gaussian, pissa / olora (from an SVD / QR of the weights), loftq',
+                            choices=INIT_WEIGHTS)
+    # ---- other PEFT methods
+    adalora_target_r: int = arg(8, 'AdaLoRA: average rank kept at the end of the budget schedule')
+    adalora_init_r: int = arg(12, 'AdaLoRA: initial rank of every matrix')
+    adalora_tinit: int = arg(0, 'AdaLoRA: steps of warm-up before ranks are pruned')
+    adalora_tfinal: int = arg(0, 'AdaLoRA: final steps trained at the target budget')
+    adalora_deltaT: int = arg(1, 'AdaLoRA: steps between two budget allocations')
+    vera_rank: int = arg(256, 'VeRA: rank of the shared random projections')
+    vera_projection_prng_key: int = arg(0, 'VeRA: seed of the shared random projections')
+    vera_dropout: float = arg(0.0, 'VeRA: dropout on the input')
+    vera_d_initial: float = arg(0.1, 'VeRA: initial value of the d vector')
+    boft_block_size: int = arg(4, 'BOFT: size of the orthogonal blocks (must divide the layer widths)')
+    boft_block_num: int = arg(0, 'BOFT: number of blocks (set this or --boft_block_size)')
+    boft_n_butterfly_factor: int = arg(1, 'BOFT: butterfly factors (1 = plain block-diagonal OFT)')
+    boft_dropout: float = arg(0.0, 'BOFT: multiplicative dropout')
+    fourier_n_frequency: int = arg(2000, 'FourierFT: learnable spectral coefficients per layer')
+    fourier_scaling: float = arg(300.0, 'FourierFT: scaling of the spectral update')
+    adapter_length: int = arg(128, 'adapter: bottleneck width of the adapters inserted after each MLP')
+    adapter_act: str = arg('gelu', 'adapter: activation inside the bottleneck', choices=('gelu', 'relu', 'silu'))
+    llamapro_num_new_blocks: int = arg(4, 'llamapro: decoder blocks added (copies with zeroed output projections; '
+                                          'only they train)')
+    llamapro_num_groups: Optional[int] = arg(None, 'llamapro: groups the original blocks are split into, one new '
+                                                   'block after each; default --llamapro_num_new_blocks')
+    longlora_group_ratio: float = arg(0.25, 'longlora: shifted sparse attention group size as a fraction of the '
+                                            'sequence length')
+    # ---- freezing (full fine-tuning)
+    freeze_parameters: list[str] = arg(help='full: parameters not trained, as regexes matched at the start of the '
+                                            'name (a plain prefix like model.embed_tokens works)', factory=list)
+    trainable_parameters: list[str] = arg(help='full: parameters trained even if --freeze_parameters froze them '
+                                               '(regexes matched at the start of the name)', factory=list)
+    freeze_vit: bool = arg(True, 'multimodal models: freeze the vision tower (reserved: no effect on text models)')
+    freeze_aligner: bool = arg(True, 'multimodal models: freeze the aligner/projector (reserved: no effect on text '
+                                     'models)')
+    # ---- quantized base (QLoRA): CUDA only
+    quant_method: Optional[str] = arg(None, 'load the base model quantized (CUDA only): bnb (bitsandbytes), hqq, '
+                                            'eetq; train adapters on it', choices=QUANT_METHODS)
+    quant_bits: Optional[int] = arg(None, 'bits of the quantized base: 4 or 8 (eetq: 8)', choices=(4, 8))
+    bnb_4bit_quant_type: str = arg('nf4', 'bnb 4-bit data type', choices=('nf4', 'fp4'))
+    bnb_4bit_use_double_quant: bool = arg(True, 'bnb 4-bit: quantize the quantization constants too')
+    # ---- optimisation methods
+    use_galore: bool = arg(False, 'GaLore: full training with low-rank projected optimizer states '
+                                  '(needs the galore-torch package)')
+    galore_target_modules: list[str] = arg(help='GaLore: modules whose weights get projected optimizer states '
+                                                '(regexes or names)', factory=lambda: ['attn', 'mlp'])
+    galore_rank: int = arg(128, 'GaLore: rank of the projection')
+    galore_update_proj_gap: int = arg(50, 'GaLore: steps between projection updates')
+    galore_scale: float = arg(1.0, 'GaLore: scale of the projected update')
+    galore_proj_type: str = arg('std', 'GaLore: projection type', choices=('std', 'reverse_std', 'right', 'left',
+                                                                           'full'))
+    galore_optim_per_parameter: bool = arg(False, 'GaLore: one optimizer per parameter (layer-wise; saves the '
+                                                  'gradient memory; needs --gradient_accumulation_steps 1)')
+    lisa_activated_layers: int = arg(0, 'LISA: decoder layers trained at a time (0 = off; full only); the others '
+                                        'stay frozen until the next resampling')
+    lisa_step_interval: int = arg(20, 'LISA: steps between two samplings of the trained layers')
+    neftune_noise_alpha: Optional[float] = arg(None, 'NEFTune: uniform noise of this scale on the input embeddings '
+                                                     'while training (e.g. 5)')
+    use_liger_kernel: bool = arg(False, 'Liger kernels (fused RMSNorm, RoPE, SwiGLU, cross-entropy; CUDA only, '
+                                        'needs the liger-kernel package)')
+
+    def validate_tuner(self):
+        """Conflicts between tuner flags; which packages and devices they need is checked when training starts
+        (lmforge.tuners.features.preflight)."""
+        t = self.tuner_type
+        if t == 'reft':
+            raise ArgumentError('tuner_type', REFT_UNAVAILABLE)
+        lora_like = ('lora', 'longlora')
+        if self.use_dora and t not in lora_like:
+            raise ArgumentError('use_dora', f'is a LoRA variant: use it with --tuner_type lora, not {t}')
+        if self.use_rslora and t not in lora_like + ('adalora',):
+            raise ArgumentError('use_rslora', f'is a LoRA variant: use it with --tuner_type lora, not {t}')
+        if self.lorap_lr_ratio is not None:
+            if t not in lora_like:
+                raise ArgumentError('lorap_lr_ratio', f'(LoRA+) needs --tuner_type lora, not {t}')
+            if self.lorap_lr_ratio <= 0:
+                raise ArgumentError('lorap_lr_ratio', f'must be positive, got {self.lorap_lr_ratio}')
+        if self.init_weights not in ('true', 'false') and t not in lora_like:
+            raise ArgumentError('init_weights', f'{self.init_weights} initialises LoRA: use it with --tuner_type '
+                                                f'lora (other tuners take true|false)')
+        if self.init_weights == 'loftq' and self.quant_method:
+            raise ArgumentError('init_weights', 'loftq quantizes the weights itself: drop --quant_method')
+        if (self.freeze_parameters or self.trainable_parameters) and t != 'full':
+            flag = 'freeze_parameters' if self.freeze_parameters else 'trainable_parameters'
+            raise ArgumentError(flag, f'selects what full fine-tuning trains; with --tuner_type {t} only the '
+                                      'adapters train (train extra modules with --modules_to_save)')
+        for flag in ('freeze_parameters', 'trainable_parameters'):
+            for pattern in getattr(self, flag):
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise ArgumentError(flag, f'{pattern!r} is not a valid regex: {e}') from None
+        if self.quant_method or self.quant_bits:
+            if not self.quant_method:
+                raise ArgumentError('quant_bits', 'needs --quant_method bnb|hqq|eetq')
+            if not self.quant_bits:
+                raise ArgumentError('quant_method', 'needs --quant_bits 4|8')
+            if self.quant_method == 'eetq' and self.quant_bits != 8:
+                raise ArgumentError('quant_bits', f'eetq quantizes to 8 bits only, got {self.quant_bits}')
+            if t not in QUANTIZABLE_TUNERS:
+                raise ArgumentError('quant_method', f'a quantized base trains adapters only: use --tuner_type '
+                                                    f'{" | ".join(QUANTIZABLE_TUNERS)}, not {t}')
+        if self.use_galore:
+            if t != 'full':
+                raise ArgumentError('use_galore', f'GaLore trains all weights: use --tuner_type full, not {t}')
+            if self.galore_rank <= 0 or self.galore_update_proj_gap <= 0:
+                raise ArgumentError('galore_rank', 'and --galore_update_proj_gap must be positive')
+        if self.lisa_activated_layers < 0 or self.lisa_step_interval <= 0:
+            raise ArgumentError('lisa_activated_layers', 'must be >= 0, and --lisa_step_interval positive')
+        if self.lisa_activated_layers and t != 'full':
+            raise ArgumentError('lisa_activated_layers', f'LISA samples layers of full fine-tuning: use '
+                                                         f'--tuner_type full, not {t}')
+        if self.lisa_activated_layers and self.use_galore:
+            raise ArgumentError('lisa_activated_layers', 'and --use_galore are two different optimisers: pick one')
+        if self.neftune_noise_alpha is not None and self.neftune_noise_alpha <= 0:
+            raise ArgumentError('neftune_noise_alpha', f'must be positive, got {self.neftune_noise_alpha}')
+        positive = {'adalora_target_r': self.adalora_target_r, 'adalora_init_r': self.adalora_init_r,
+                    'adalora_deltaT': self.adalora_deltaT, 'vera_rank': self.vera_rank,
+                    'fourier_n_frequency': self.fourier_n_frequency, 'adapter_length': self.adapter_length,
+                    'llamapro_num_new_blocks': self.llamapro_num_new_blocks}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ArgumentError(name, f'must be positive, got {value}')
+        if self.llamapro_num_groups is not None and self.llamapro_num_groups <= 0:
+            raise ArgumentError('llamapro_num_groups', f'must be positive, got {self.llamapro_num_groups}')
+        if not 0 < self.longlora_group_ratio <= 1:
+            raise ArgumentError('longlora_group_ratio', f'must be in (0, 1], got {self.longlora_group_ratio}')
 
 
 @dataclass
@@ -96,7 +260,7 @@ class TrainArgs:
 
 
 @dataclass
-class SftArgs(TrainArgs, TunerArgs, DataArgs, TemplateArgs, ModelArgs):
+class SftArgs(DistributedArgs, TrainArgs, TunerArgs, DataArgs, TemplateArgs, ModelArgs):
     """Supervised fine-tuning on chat data: the loss is taken on the assistant's tokens only.
 
     Example: lmforge sft --model Qwen/Qwen2.5-7B-Instruct --dataset data.jsonl --tuner_type lora
@@ -118,19 +282,22 @@ class SftArgs(TrainArgs, TunerArgs, DataArgs, TemplateArgs, ModelArgs):
             raise ArgumentError('lora_dropout', f'must be in [0, 1), got {self.lora_dropout}')
         if self.max_length <= 1:
             raise ArgumentError('max_length', f'must be at least 2, got {self.max_length}')
+        self.validate_data()
         if not 0 <= self.split_dataset_ratio < 1:
             raise ArgumentError('split_dataset_ratio', f'must be in [0, 1), got {self.split_dataset_ratio}')
         if self.dataset_num_proc <= 0:
             raise ArgumentError('dataset_num_proc', f'must be positive, got {self.dataset_num_proc}')
         if self.adapters and self.tuner_type != 'lora':
             raise ArgumentError('adapters', 'continues LoRA training: use it with --tuner_type lora')
+        self.validate_tuner()
         self.validate_train()
+        self.validate_distributed()
 
     @property
     def lr(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
-        return 1e-4 if self.tuner_type == 'lora' else 1e-5
+        return 1e-5 if self.tuner_type == 'full' else 1e-4
 
 
 @dataclass

@@ -102,8 +102,10 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def load_model(path: str, torch_dtype: str = 'auto', attn_impl: str | None = None, device: str | None = None,
-               trust_remote_code: bool = False, adapters: list | None = None, trainable_adapters: bool = False):
-    """A causal LM from ``path`` on ``device`` (auto), with ``adapters`` applied (frozen unless trainable)."""
+               trust_remote_code: bool = False, adapters: list | None = None, trainable_adapters: bool = False,
+               quantization_config=None):
+    """A causal LM from ``path`` on ``device`` (auto), with ``adapters`` applied (frozen unless trainable).
+    ``quantization_config`` (lmforge.tuners.quant) loads the weights quantized, straight onto the current GPU."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -113,13 +115,15 @@ def load_model(path: str, torch_dtype: str = 'auto', attn_impl: str | None = Non
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ModelError(f'could not read the model config of {path}: {e}') from None
+    quant = _quantized_load_kwargs(quantization_config)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype,
                                                      attn_implementation=attn_impl or 'sdpa',
-                                                     trust_remote_code=trust_remote_code)
+                                                     trust_remote_code=trust_remote_code, **quant)
     except (OSError, ValueError) as e:
         raise ModelError(f'could not load the model weights of {path}: {e}') from None
-    if device != 'cpu':
+    _load_custom_tuner_weights(model, path)
+    if device != 'cpu' and not quant:
         model.to(device)
     for i, adapter in enumerate(adapters or []):
         from peft import PeftModel
@@ -130,3 +134,20 @@ def load_model(path: str, torch_dtype: str = 'auto', attn_impl: str | None = Non
             model = model.merge_and_unload()
             model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable_adapters)
     return model
+
+
+def _quantized_load_kwargs(quantization_config) -> dict:
+    """from_pretrained arguments for a quantized load: the config, and the weights placed on this process's GPU
+    (quantized weights cannot be moved afterwards)."""
+    if quantization_config is None:
+        return {}
+    import torch
+
+    return {'quantization_config': quantization_config, 'device_map': {'': torch.cuda.current_device()}}
+
+
+def _load_custom_tuner_weights(model, path: str) -> None:
+    """Checkpoints of lmforge's own tuners that transformers cannot rebuild alone (bottleneck adapters)."""
+    if getattr(model.config, 'lmforge_bottleneck_adapter', None):
+        from lmforge.tuners.adapter import load_bottleneck_adapters
+        load_bottleneck_adapters(model, path)

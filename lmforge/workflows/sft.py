@@ -5,15 +5,30 @@ output dir check -> model dir -> tokenizer + template -> data (all data errors s
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
 from lmforge.args import PtArgs, SftArgs, from_kwargs, to_dict
 from lmforge.errors import ArgumentError
+from lmforge.train.distributed import is_main_process
 
 
 def log(msg: str) -> None:
-    print(f'[lmforge] {msg}', flush=True)
+    if is_main_process():  # several processes: rank 0 speaks for all
+        print(f'[lmforge] {msg}', flush=True)
+
+
+def main_process_first(args):
+    """Under several processes, rank 0 checks the output dir and preprocesses the data first; the others follow
+    (and read what it cached). One process: a no-op."""
+    if int(os.environ.get('WORLD_SIZE', '1')) == 1:
+        return contextlib.nullcontext()
+    from datetime import timedelta
+
+    from accelerate import PartialState
+    state = PartialState(backend=args.ddp_backend, timeout=timedelta(seconds=args.ddp_timeout))
+    return state.main_process_first()
 
 
 def sft(config: str | None = None, **kwargs) -> dict:
@@ -49,6 +64,8 @@ def prepare_output_dir(args) -> str | None:
         if not os.path.isfile(os.path.join(resume, 'trainer_state.json')):
             raise ArgumentError('resume_from_checkpoint', f'{resume} is not a complete checkpoint '
                                                           '(no trainer_state.json)')
+    if not is_main_process():  # rank 0 has judged (and maybe cleared) the directory before the others got here
+        return resume
     holds_run = os.path.isdir(out) and any(
         n.startswith('checkpoint-') or n in ('args.json', 'logging.jsonl') for n in os.listdir(out))
     if holds_run and not resume:
@@ -68,25 +85,31 @@ def train(args, mode: str) -> dict:
     from lmforge.models import load_model, load_tokenizer, pick_device, pick_dtype
     from lmforge.templates import apply_template
 
-    resume = prepare_output_dir(args)
-    model_dir = resolve_model(args.model, use_hf=args.use_hf, revision=args.model_revision, token=args.hub_token)
-    log(f'model: {model_dir}')
-    tokenizer = load_tokenizer(model_dir, args.trust_remote_code)
-    if mode == 'sft':
-        log(f'chat template: {apply_template(tokenizer, args.template)}')
-
-    train_data, val_data = build_datasets(args, tokenizer, mode, log=log)
+    from lmforge.tuners.features import preflight
+    preflight(args, pick_device())  # packages and devices the tuner flags need, before data or weights load
+    with main_process_first(args):
+        resume = prepare_output_dir(args)
+        model_dir = resolve_model(args.model, use_hf=args.use_hf, revision=args.model_revision,
+                                  token=args.hub_token)
+        log(f'model: {model_dir}')
+        tokenizer = load_tokenizer(model_dir, args.trust_remote_code)
+        if mode == 'sft':
+            log(f'chat template: {apply_template(tokenizer, args.template)}')
+        train_data, val_data = build_datasets(args, tokenizer, mode, log=log)
 
     import transformers
 
     device = pick_device()
     dtype = pick_dtype(args.torch_dtype, device)
     transformers.set_seed(args.seed)
+    from lmforge.tuners.quant import quantization_config
     model = load_model(model_dir, torch_dtype=args.torch_dtype, attn_impl=args.attn_impl, device='cpu',
-                       trust_remote_code=args.trust_remote_code)
+                       trust_remote_code=args.trust_remote_code, quantization_config=quantization_config(args, dtype))
 
     from lmforge.tuners import prepare_model
     model, n_trainable, n_total = prepare_model(model, args)
+    from lmforge.tuners.features import training_setup
+    tuner_setup = training_setup(args, model)  # NEFTune/GaLore/Liger arguments, LISA/AdaLoRA callbacks, LoRA+
     log(f'device: {device}, dtype: {str(dtype).replace("torch.", "")}, tuner: {args.tuner_type}, '
         f'trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.2f}%)')
 
@@ -102,22 +125,26 @@ def train(args, mode: str) -> dict:
     from lmforge.train.metrics import JsonlLogger, MfuMeter, device_peak_flops, plot_logs
     peak, peak_source = device_peak_flops(device, dtype)
     log(f'MFU against {peak / 1e12:.2f} TFLOP/s ({peak_source})')
-    training_args = _training_args(args, dtype, device, has_eval=bool(val_data))
+    training_args = _training_args(args, dtype, device, has_eval=bool(val_data), model=model,
+                                   extra=tuner_setup.training_args)
     stop = GracefulStop()
     trainer = LmTrainer(
-        model=model, args=training_args, train_dataset=_ListDataset(train_data),
+        model=model, args=training_args,
+        train_dataset=_ListDataset(train_data) if isinstance(train_data, list) else train_data,  # streaming: iterable
         eval_dataset=_ListDataset(val_data) if val_data else None, data_collator=collator,
         processing_class=tokenizer, callbacks=[JsonlLogger(os.path.join(args.output_dir, 'logging.jsonl')),
-                                               SaveAtEnd(), stop],
+                                               SaveAtEnd(), stop] + tuner_setup.callbacks,
+        optimizers=(tuner_setup.optimizer(model, training_args), None),
         use_logits_to_keep=use_logits_to_keep, mfu=MfuMeter(n_total, n_trainable, peak),
         checkpoint_extras=lambda d: save_checkpoint_extras(d, args, model_dir, model, tokenizer))
     from lmforge.train.trainer import write_json
-    write_json(os.path.join(args.output_dir, 'args.json'), {**to_dict(args), 'base_model_dir': model_dir})
+    if is_main_process():
+        write_json(os.path.join(args.output_dir, 'args.json'), {**to_dict(args), 'base_model_dir': model_dir})
     result = trainer.train(resume_from_checkpoint=resume)
 
     from lmforge.train.trainer import latest_checkpoint
     last = latest_checkpoint(args.output_dir)
-    plots = plot_logs(os.path.join(args.output_dir, 'logging.jsonl'), args.output_dir)
+    plots = plot_logs(os.path.join(args.output_dir, 'logging.jsonl'), args.output_dir) if is_main_process() else []
     log(f'done: {trainer.state.global_step} steps, train loss {result.training_loss:.4f}, '
         f'{trainer.tokens_seen} tokens trained')
     log(f'last checkpoint: {last}')
@@ -142,11 +169,12 @@ def save_checkpoint_extras(ckpt_dir: str, args, model_dir: str, model, tokenizer
 
     write_json(os.path.join(ckpt_dir, 'args.json'), {**to_dict(args), 'base_model_dir': model_dir})
     base = model.get_base_model() if hasattr(model, 'get_base_model') else model
-    gen = copy.deepcopy(base.generation_config)
-    if getattr(tokenizer, 'chat_template', None):
-        gen.eos_token_id = stop_token_ids(tokenizer, gen)
-    gen.pad_token_id = tokenizer.pad_token_id
-    gen.save_pretrained(ckpt_dir)
+    if getattr(base, 'generation_config', None) is not None:  # None for a reward model (sequence classifier)
+        gen = copy.deepcopy(base.generation_config)
+        if getattr(tokenizer, 'chat_template', None):
+            gen.eos_token_id = stop_token_ids(tokenizer, gen)
+        gen.pad_token_id = tokenizer.pad_token_id
+        gen.save_pretrained(ckpt_dir)
     if not os.path.isfile(os.path.join(ckpt_dir, 'tokenizer_config.json')):
         tokenizer.save_pretrained(ckpt_dir)
 
@@ -166,9 +194,14 @@ def _padding_free(args, model) -> bool:
     return bool(wanted or args.packing)
 
 
-def _training_args(args, dtype, device: str, has_eval: bool):
+def _training_args(args, dtype, device: str, has_eval: bool, model=None, extra: dict | None = None,
+                   config_cls=None):
+    """The Trainer arguments of a run; ``config_cls``: a TrainingArguments subclass (TRL's configs, for rlhf)
+    that gets the same values plus ``extra``."""
     import torch
     from transformers import TrainingArguments
+
+    from lmforge.train.distributed import deepspeed_config, fsdp_config
 
     report = [r for r in args.report_to if r != 'auto']
     if args.report_to == ['auto']:
@@ -176,7 +209,7 @@ def _training_args(args, dtype, device: str, has_eval: bool):
         report = ['tensorboard'] if importlib.util.find_spec('tensorboard') else []
     if 'none' in report:
         report = []
-    return TrainingArguments(
+    kwargs = dict(
         output_dir=args.output_dir, num_train_epochs=args.num_train_epochs, max_steps=args.max_steps,
         per_device_train_batch_size=args.per_device_train_batch_size,
         per_device_eval_batch_size=args.per_device_eval_batch_size,
@@ -187,11 +220,19 @@ def _training_args(args, dtype, device: str, has_eval: bool):
         eval_strategy='steps' if has_eval else 'no', eval_steps=args.eval_steps or args.save_steps,
         logging_steps=args.logging_steps, logging_first_step=True, seed=args.seed, data_seed=args.data_seed,
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
-        activation_checkpointing=args.gradient_checkpointing,
+        # under FSDP, activation checkpointing is FSDP's own (fsdp_config), not the Trainer's
+        activation_checkpointing=args.gradient_checkpointing and not args.fsdp,
         activation_checkpointing_kwargs={'use_reentrant': False} if args.gradient_checkpointing else None,
+        deepspeed=deepspeed_config(args.deepspeed), fsdp=bool(args.fsdp) or None,
+        fsdp_config=fsdp_config(args.fsdp, model, args.gradient_checkpointing),
+        ddp_backend=args.ddp_backend, ddp_timeout=args.ddp_timeout,
+        ddp_find_unused_parameters=args.ddp_find_unused_parameters,
         report_to=report or 'none', dataloader_num_workers=args.dataloader_num_workers,
         dataloader_pin_memory=device != 'cpu',
+        use_cpu=device == 'cpu',  # also what makes several CPU processes (torchrun) train as one (gloo)
         remove_unused_columns=False, prediction_loss_only=True, save_only_model=False)
+    kwargs.update(extra or {})  # what the tuner flags add (lmforge.tuners.features.training_setup)
+    return (config_cls or TrainingArguments)(**kwargs)
 
 
 class _ListDataset:

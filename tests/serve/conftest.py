@@ -7,18 +7,6 @@ import pytest
 from .helpers import MODEL, client_for
 
 
-@pytest.fixture(scope='package', autouse=True)
-def one_torch_thread():
-    """The tiny model's ops are too small to share among threads: on a busy machine, intra-op threads only wait
-    for each other (10x slower here). Restored afterwards for the other test packages."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope='session')
 def engine(qwen2_dir):
     from lmforge.infer.engine import PtEngine
