@@ -28,6 +28,8 @@ class ServeArgs(GenerationArgs, TemplateArgs, ModelArgs):
     port: int = arg(8000, 'port to listen on (0: any free port)')
     api_key: Optional[str] = arg(None, 'require "Authorization: Bearer KEY" on /v1/*; default: the LMFORGE_API_KEY '
                                        'environment variable, else no auth')
+    jwt_secret: Optional[str] = arg(None, 'also accept Bearer JWTs signed with this secret (HS256, exp required); '
+                                          'default: the LMFORGE_JWT_SECRET environment variable')
     served_model_name: Optional[str] = arg(None, 'the model name clients send; default: --model as given')
     max_concurrency: int = arg(64, 'requests generating or queued at once; more get HTTP 429')
     max_batch_size: int = arg(16, 'rows generated together in one batch')

@@ -33,12 +33,14 @@ from lmforge.serve.worker import EngineWorker
 
 def create_app(engine, served_model_name: str | None = None, api_key: str | None = None, max_concurrency: int = 64,
                max_batch_size: int = 16, max_request_bytes: int = 4 << 20, defaults=None,
-               max_model_len: int | None = None, embedding_pooling: str = 'mean') -> FastAPI:
+               max_model_len: int | None = None, embedding_pooling: str = 'mean',
+               jwt_secret: str | None = None) -> FastAPI:
     """An OpenAI-compatible API over ``engine``.
 
     served_model_name: the name clients pass as ``model`` (default: the model directory's name); the engine's named
         adapters are served under their own names.
     api_key: when set, /v1/* requires ``Authorization: Bearer <api_key>``.
+    jwt_secret: when set, a Bearer JWT signed with it (HS256, with an ``exp`` claim) is accepted too.
     max_concurrency: requests generating or waiting at once; more get 429.
     max_batch_size: rows generated together in one batch.
     max_request_bytes: largest request body accepted (413 beyond).
@@ -64,7 +66,7 @@ def create_app(engine, served_model_name: str | None = None, api_key: str | None
     app.state.lmforge = state
     state.worker.start()
     _install_errors(app)
-    app.add_middleware(AuthMiddleware, api_key=api_key)
+    app.add_middleware(AuthMiddleware, api_key=api_key, jwt_secret=jwt_secret)
 
     @app.get('/health')
     async def health():
@@ -174,22 +176,37 @@ class Slot:
 
 
 class AuthMiddleware:
-    """Bearer auth on /v1/* when an API key is set (constant-time comparison)."""
+    """Bearer auth on /v1/* when an API key (constant-time comparison) and/or a JWT secret is set: a request passes
+    with the key, or with a JWT signed by the secret (HS256, expiry checked, through PyJWT)."""
 
-    def __init__(self, app, api_key: str | None = None):
+    def __init__(self, app, api_key: str | None = None, jwt_secret: str | None = None):
         self.app = app
         self.api_key = api_key.encode() if api_key else None
+        self.jwt_secret = jwt_secret
+
+    def _reject(self, token: bytes, scheme: bytes) -> str | None:
+        """Why the request is refused, or None."""
+        if not token:
+            return 'Missing API key: send the header "Authorization: Bearer <key>".'
+        if scheme.lower() != b'bearer':
+            return 'Incorrect API key provided.'
+        token = token.strip()
+        if self.api_key and hmac.compare_digest(token, self.api_key):
+            return None
+        if self.jwt_secret:
+            import jwt
+            try:
+                jwt.decode(token.decode(), self.jwt_secret, algorithms=['HS256'], options={'require': ['exp']})
+                return None
+            except jwt.PyJWTError as e:
+                return f'Invalid token: {e}.'
+        return 'Incorrect API key provided.'
 
     async def __call__(self, scope, receive, send):
-        if self.api_key and scope['type'] == 'http' and scope['path'].startswith('/v1'):
+        if (self.api_key or self.jwt_secret) and scope['type'] == 'http' and scope['path'].startswith('/v1'):
             header = dict(scope.get('headers') or []).get(b'authorization', b'')
             scheme, _, token = header.partition(b' ')
-            if not token:
-                message = 'Missing API key: send the header "Authorization: Bearer <key>".'
-            elif scheme.lower() != b'bearer' or not hmac.compare_digest(token.strip(), self.api_key):
-                message = 'Incorrect API key provided.'
-            else:
-                message = None
+            message = self._reject(token, scheme)
             if message:
                 response = JSONResponse(error_body(401, message, code='invalid_api_key'), status_code=401,
                                         headers={'WWW-Authenticate': 'Bearer'})

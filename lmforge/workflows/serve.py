@@ -34,7 +34,8 @@ def make_app(args: ServeArgs, engine, api_key: str | None):
     return create_app(engine, served_model_name=name, api_key=api_key, max_concurrency=args.max_concurrency,
                       max_batch_size=args.max_batch_size, max_request_bytes=args.max_request_bytes,
                       defaults=defaults, max_model_len=args.max_model_len,
-                      embedding_pooling=args.embedding_pooling), name
+                      embedding_pooling=args.embedding_pooling,
+                      jwt_secret=args.jwt_secret or os.environ.get('LMFORGE_JWT_SECRET') or None), name
 
 
 def run_serve(args: ServeArgs) -> None:
@@ -49,7 +50,7 @@ def run_serve(args: ServeArgs) -> None:
     adapters = getattr(engine, 'adapter_names', [])
     print(f'[lmforge] serving {name!r}' + (f' and adapters {", ".join(adapters)}' if adapters else '')
           + f' at {url}/v1 (listening on {args.host}:{port})', flush=True)
-    if args.host not in LOCAL_HOSTS and not api_key:
+    if args.host not in LOCAL_HOSTS and not api_key and not (args.jwt_secret or os.environ.get('LMFORGE_JWT_SECRET')):
         print(f'[lmforge] warning: listening on {args.host} without --api_key: anyone who can reach this port can '
               'use the model', file=sys.stderr, flush=True)
     auth = ' -H "Authorization: Bearer YOUR_API_KEY"' if api_key else ''

@@ -107,6 +107,30 @@ def test_auth(strict_server):
     assert ok.chat.completions.create(model=MODEL, messages=HI, max_tokens=2).usage.completion_tokens == 2
 
 
+def test_jwt_auth(engine):
+    import time
+
+    import jwt
+
+    from lmforge.serve import create_app, start_server
+
+    handle = start_server(create_app(engine, served_model_name=MODEL, jwt_secret='jwt-secret'))
+    try:
+        good = jwt.encode({'sub': 'alice', 'exp': int(time.time()) + 60}, 'jwt-secret', algorithm='HS256')
+        assert client_for(handle, api_key=good).models.list().data[0].id == MODEL
+        for token, why in ((jwt.encode({'sub': 'a', 'exp': int(time.time()) - 5}, 'jwt-secret', algorithm='HS256'),
+                            'expired'),
+                           (jwt.encode({'sub': 'a', 'exp': int(time.time()) + 60}, 'other', algorithm='HS256'),
+                            'Signature verification failed'),
+                           (jwt.encode({'sub': 'a'}, 'jwt-secret', algorithm='HS256'), 'exp'),
+                           ('not-a-jwt', 'Invalid token')):
+            with pytest.raises(openai.AuthenticationError) as info:
+                client_for(handle, api_key=token).models.list()
+            assert why in error_of(info)['message'], error_of(info)
+    finally:
+        handle.stop()
+
+
 def test_body_size_limit(strict_server):
     client = client_for(strict_server, api_key='s3cret')
     with pytest.raises(openai.APIStatusError) as info:
