@@ -100,3 +100,13 @@ def test_pt_learns_on_plain_text_with_packing(tmp_path, qwen2_dir):
     losses = logged_losses(out)
     assert losses[-1] < 0.5 * losses[0], losses
     assert os.path.isfile(os.path.join(result['last_checkpoint'], 'model.safetensors'))
+
+
+def test_validation_loss_is_computed_during_training(tmp_path, qwen2_dir, chat_file):
+    out = tmp_path / 'eval'
+    sft(model=qwen2_dir, dataset=[chat_file], tuner_type='full', max_steps=10, learning_rate=3e-3,
+        split_dataset_ratio=0.25, eval_steps=5, save_steps=1000, output_dir=str(out), **COMMON)
+    with open(out / 'logging.jsonl') as f:
+        evals = [r for r in map(json.loads, f) if 'eval_loss' in r]
+    assert [r['step'] for r in evals] == [5, 10]
+    assert evals[1]['eval_loss'] < evals[0]['eval_loss']
