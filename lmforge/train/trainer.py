@@ -7,6 +7,8 @@
 3. Checkpoints are written to a staging directory and renamed into place when complete, so a crash never leaves a
    half-written ``checkpoint-N`` that resuming could pick; each one also holds ``args.json``, the chat template and
    the generation config used.
+
+Items 2 and 3 (and the NaN/inf stop) live in `LmTrainerMixin`, which the RLHF trainers (subclasses of TRL's) share.
 """
 from __future__ import annotations
 
@@ -27,46 +29,22 @@ from lmforge.train.metrics import MfuMeter, peak_memory_mb
 STAGING = '.staging'
 
 
-class LmTrainer(Trainer):
-    def __init__(self, *args, use_logits_to_keep: bool = True, checkpoint_extras=None, mfu: MfuMeter | None = None,
-                 **kwargs):
-        super().__init__(*args, **kwargs)
-        # compute_loss below normalises by the step's trained-token count itself; this makes Trainer count it.
-        self.model_accepts_loss_kwargs = True
-        self.use_logits_to_keep = use_logits_to_keep
+class LmTrainerMixin:
+    """What every lmforge trainer adds to a transformers ``Trainer`` (subclass): throughput, memory and MFU in each
+    training log, a NaN/inf loss stopping before the update, and atomic checkpoints with lmforge's extras.
+
+    Put it first in the bases: ``class X(LmTrainerMixin, SomeTrlTrainer)``. Subclasses add to ``tokens_seen`` /
+    ``samples_seen`` where they see their batches (`LmTrainer.compute_loss`, the RLHF trainers' ``training_step``).
+    """
+
+    def __init__(self, *args, checkpoint_extras=None, mfu: MfuMeter | None = None, **kwargs):
         self.checkpoint_extras = checkpoint_extras  # callable(checkpoint_dir) writing args/template/generation
         self.mfu = mfu
         self.tokens_seen = 0
         self.samples_seen = 0
-        self._last_log = (time.perf_counter(), 0, 0)
         self._staging_dir = None
-
-    # ------------------------------------------------------------------ loss
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.pop('labels')
-        targets = labels[:, 1:]
-        keep = targets != IGNORE_INDEX
-        if model.training:
-            mask = inputs.get('attention_mask')
-            self.tokens_seen += int(mask.sum()) if mask is not None else inputs['input_ids'].numel()
-            pos = inputs.get('position_ids')  # padding-free: one sample starts wherever a position is 0
-            self.samples_seen += int((pos == 0).sum()) if pos is not None and mask is None else len(labels)
-        if self.use_logits_to_keep:
-            positions = torch.zeros_like(labels, dtype=torch.bool)
-            positions[:, :-1] = keep
-            outputs = model(**inputs, logits_to_keep=positions, use_cache=False)
-            logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])
-        else:
-            outputs = model(**inputs, use_cache=False)
-            logits = outputs.logits[:, :-1][keep]
-        loss = F.cross_entropy(logits.float(), targets[keep], reduction='sum')
-        if num_items_in_batch is not None:
-            loss = loss / num_items_in_batch
-            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
-                loss = loss * self.accelerator.num_processes
-        else:
-            loss = loss / keep.sum().clamp(min=1)
-        return (loss, outputs) if return_outputs else loss
+        super().__init__(*args, **kwargs)
+        self._last_log = (time.perf_counter(), 0, 0)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -118,6 +96,41 @@ class LmTrainer(Trainer):
         shutil.rmtree(os.path.join(run_dir, STAGING), ignore_errors=True)
         rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                            best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+
+
+class LmTrainer(LmTrainerMixin, Trainer):
+    def __init__(self, *args, use_logits_to_keep: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        # compute_loss below normalises by the step's trained-token count itself; this makes Trainer count it.
+        self.model_accepts_loss_kwargs = True
+        self.use_logits_to_keep = use_logits_to_keep
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop('labels')
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        if model.training:
+            mask = inputs.get('attention_mask')
+            self.tokens_seen += int(mask.sum()) if mask is not None else inputs['input_ids'].numel()
+            pos = inputs.get('position_ids')  # padding-free: one sample starts wherever a position is 0
+            self.samples_seen += int((pos == 0).sum()) if pos is not None and mask is None else len(labels)
+        if self.use_logits_to_keep:
+            positions = torch.zeros_like(labels, dtype=torch.bool)
+            positions[:, :-1] = keep
+            outputs = model(**inputs, logits_to_keep=positions, use_cache=False)
+            logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])
+        else:
+            outputs = model(**inputs, use_cache=False)
+            logits = outputs.logits[:, :-1][keep]
+        loss = F.cross_entropy(logits.float(), targets[keep], reduction='sum')
+        if num_items_in_batch is not None:
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                loss = loss * self.accelerator.num_processes
+        else:
+            loss = loss / keep.sum().clamp(min=1)
+        return (loss, outputs) if return_outputs else loss
 
 
 class TrainingDiverged(LmforgeError):

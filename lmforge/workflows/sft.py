@@ -130,7 +130,7 @@ def train(args, mode: str) -> dict:
     stop = GracefulStop()
     trainer = LmTrainer(
         model=model, args=training_args,
-        train_dataset=_ListDataset(train_data) if isinstance(train_data, list) else train_data,  # streaming: iterable
+        train_dataset=_ListDataset(train_data) if hasattr(train_data, '__len__') else train_data,  # streaming: iterable
         eval_dataset=_ListDataset(val_data) if val_data else None, data_collator=collator,
         processing_class=tokenizer, callbacks=[JsonlLogger(os.path.join(args.output_dir, 'logging.jsonl')),
                                                SaveAtEnd(), stop] + tuner_setup.callbacks,
