@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from lmforge.args.parse import from_kwargs, to_dict
 from lmforge.args.rlhf import RlhfArgs
 from lmforge.errors import ArgumentError
-from lmforge.workflows.sft import (_ListDataset, _training_args, log, main_process_first, prepare_output_dir,
-                                   save_checkpoint_extras)
+from lmforge.workflows.sft import (_ListDataset, _training_args, fit_and_report, log, main_process_first,
+                                   prepare_output_dir, save_checkpoint_extras)
 
 NEEDS_REFERENCE = ('dpo', 'kto', 'grpo', 'ppo')
 
@@ -137,33 +137,11 @@ def build_rlhf(args: RlhfArgs) -> RlhfRun:
 
 
 def train_rlhf(args: RlhfArgs, run: RlhfRun) -> dict:
-    from lmforge.train.metrics import plot_logs
-    from lmforge.train.trainer import latest_checkpoint, write_json
-
-    kind, trainer, stop = args.rlhf_type, run.trainer, run.stop
-
-    from lmforge.train.distributed import is_main_process
-    if is_main_process():
-        write_json(os.path.join(args.output_dir, 'args.json'), {**to_dict(args), 'base_model_dir': run.model_dir})
-    result = trainer.train(resume_from_checkpoint=run.resume)
-
-    last = latest_checkpoint(args.output_dir)
-    plots = plot_logs(os.path.join(args.output_dir, 'logging.jsonl'), args.output_dir) if is_main_process() else []
-    log(f'done: {kind}, {trainer.state.global_step} steps, train loss {result.training_loss:.4f}, '
-        f'{trainer.tokens_seen} tokens trained')
-    log(f'last checkpoint: {last}')
-    if plots:
-        log(f'plots: {", ".join(plots)}')
-    if stop.signal:
-        log(f'stopped by {stop.signal} at step {trainer.state.global_step}; continue with '
-            '--resume_from_checkpoint latest')
-    if kind == 'rm':
-        log(f'use it as a reward model: lmforge rlhf --rlhf_type ppo --reward_model {last} ...')
-    else:
-        log(f'chat with it: lmforge infer --model {last}')
-    return {'output_dir': args.output_dir, 'last_checkpoint': last, 'train_loss': result.training_loss,
-            'global_step': trainer.state.global_step, 'log_history': trainer.state.log_history,
-            'stopped_by': stop.signal}
+    kind = args.rlhf_type
+    next_step = 'use it as a reward model: lmforge rlhf --rlhf_type ppo --reward_model {last} ...' if kind == 'rm' \
+        else None
+    return fit_and_report(run.trainer, run.stop, args, run.model_dir, run.resume, what=f'{kind}, ',
+                          next_step=next_step)
 
 
 # ---------------------------------------------------------------------------------------------- models

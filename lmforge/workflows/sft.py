@@ -122,7 +122,7 @@ def train(args, mode: str) -> dict:
         f'LM head on trained positions only: {use_logits_to_keep}')
     collator = PaddingFreeCollator() if padding_free else PadCollator(tokenizer.pad_token_id)
 
-    from lmforge.train.metrics import JsonlLogger, MfuMeter, device_peak_flops, plot_logs
+    from lmforge.train.metrics import JsonlLogger, MfuMeter, device_peak_flops
     peak, peak_source = device_peak_flops(device, dtype)
     log(f'MFU against {peak / 1e12:.2f} TFLOP/s ({peak_source})')
     training_args = _training_args(args, dtype, device, has_eval=bool(val_data), model=model,
@@ -137,15 +137,22 @@ def train(args, mode: str) -> dict:
         optimizers=(tuner_setup.optimizer(model, training_args), None),
         use_logits_to_keep=use_logits_to_keep, mfu=MfuMeter(n_total, n_trainable, peak),
         checkpoint_extras=lambda d: save_checkpoint_extras(d, args, model_dir, model, tokenizer))
-    from lmforge.train.trainer import write_json
+    return fit_and_report(trainer, stop, args, model_dir, resume)
+
+
+def fit_and_report(trainer, stop, args, model_dir: str, resume: str | None, what: str = '',
+                   next_step: str | None = None) -> dict:
+    """Train, then plot and say where the result is (shared by sft, pt and rlhf). ``next_step`` may name the
+    last checkpoint as ``{last}``."""
+    from lmforge.train.metrics import plot_logs
+    from lmforge.train.trainer import latest_checkpoint, write_json
+
     if is_main_process():
         write_json(os.path.join(args.output_dir, 'args.json'), {**to_dict(args), 'base_model_dir': model_dir})
     result = trainer.train(resume_from_checkpoint=resume)
-
-    from lmforge.train.trainer import latest_checkpoint
     last = latest_checkpoint(args.output_dir)
     plots = plot_logs(os.path.join(args.output_dir, 'logging.jsonl'), args.output_dir) if is_main_process() else []
-    log(f'done: {trainer.state.global_step} steps, train loss {result.training_loss:.4f}, '
+    log(f'done: {what}{trainer.state.global_step} steps, train loss {result.training_loss:.4f}, '
         f'{trainer.tokens_seen} tokens trained')
     log(f'last checkpoint: {last}')
     if plots:
@@ -153,7 +160,7 @@ def train(args, mode: str) -> dict:
     if stop.signal:
         log(f'stopped by {stop.signal} at step {trainer.state.global_step}; continue with '
             '--resume_from_checkpoint latest')
-    log(f'chat with it: lmforge infer --model {last}')
+    log((next_step or 'chat with it: lmforge infer --model {last}').format(last=last))
     return {'output_dir': args.output_dir, 'last_checkpoint': last, 'train_loss': result.training_loss,
             'global_step': trainer.state.global_step, 'log_history': trainer.state.log_history,
             'stopped_by': stop.signal}
