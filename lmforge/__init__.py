@@ -6,11 +6,11 @@ Heavy libraries (torch, transformers) load on first use, not on import.
 """
 __version__ = '0.1.0'
 
-_LAZY = {
-    'sft': 'lmforge.workflows.sft', 'pt': 'lmforge.workflows.sft', 'infer': 'lmforge.workflows.infer',
-    'download': 'lmforge.workflows.download', 'demo': 'lmforge.workflows.demo', 'rlhf': 'lmforge.workflows.rlhf',
-    'export': 'lmforge.export', 'eval': 'lmforge.eval',  # callable packages: lmforge.export(...), lmforge.eval(...)
-}
+# SDK function -> its workflow module. infer, serve, rlhf, export, eval and demo are also packages, made callable
+# (lmforge/sdk.py), so the name runs the workflow whether or not the package was imported first.
+_LAZY = {name: f'lmforge.workflows.{module}' for name, module in (
+    ('sft', 'sft'), ('pt', 'sft'), ('rlhf', 'rlhf'), ('infer', 'infer'), ('serve', 'serve'), ('download', 'download'),
+    ('demo', 'demo'), ('export', 'export'), ('eval', 'eval'))}
 
 
 def __getattr__(name):
@@ -20,4 +20,4 @@ def __getattr__(name):
     raise AttributeError(f'module lmforge has no attribute {name!r}')
 
 
-__all__ = ['sft', 'pt', 'rlhf', 'infer', 'download', 'demo', 'export', 'eval', '__version__']
+__all__ = ['sft', 'pt', 'rlhf', 'infer', 'serve', 'download', 'demo', 'export', 'eval', '__version__']

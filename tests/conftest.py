@@ -14,6 +14,9 @@ os.environ.setdefault('TRANSFORMERS_VERBOSITY', 'error')
 # The tiny test models' matmuls are too small to share among threads: one thread is several times faster on a
 # 2-core machine, in this process and in the `lmforge` subprocesses the tests start.
 os.environ.setdefault('OMP_NUM_THREADS', '1')
+if 'LMFORGE_DATA_CACHE' not in os.environ:  # tokenized-dataset cache: per test session, never the user's
+    import tempfile
+    os.environ['LMFORGE_DATA_CACHE'] = tempfile.mkdtemp(prefix='lmforge-test-cache-')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.normpath(os.path.join(REPO, '..', 'shared'))

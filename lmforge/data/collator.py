@@ -25,13 +25,17 @@ class PadCollator:
             ids[i, :n] = torch.tensor(s['input_ids'])
             labels[i, :n] = torch.tensor(s['labels'])
             mask[i, :n] = 1
-        out = {'input_ids': ids, 'labels': labels, 'attention_mask': mask}
-        if 'position_ids' in batch[0]:  # packed rows keep their own positions
+        if 'position_ids' in batch[0]:
+            # Packed rows keep their own positions, and no attention mask: transformers only separates the samples
+            # of a row (from position ids restarting at 0) when no mask is given. The padding gets positions
+            # 0, 1, ... of its own, so it is one more "sample", with no labels.
             pos = torch.zeros((len(batch), width), dtype=torch.long)
             for i, s in enumerate(batch):
-                pos[i, :len(s['position_ids'])] = torch.tensor(s['position_ids'])
-            out['position_ids'] = pos
-        return out
+                n = len(s['position_ids'])
+                pos[i, :n] = torch.tensor(s['position_ids'])
+                pos[i, n:] = torch.arange(width - n)
+            return {'input_ids': ids, 'labels': labels, 'position_ids': pos}
+        return {'input_ids': ids, 'labels': labels, 'attention_mask': mask}
 
 
 class PaddingFreeCollator:

@@ -4,19 +4,7 @@
 same whether or not a submodule was imported first); the steps live in the submodules: `merge`, `quantize`,
 `to_gguf` (+ `gguf_quants`), `ollama`, `hub`.
 """
-import sys
-import types
+from lmforge.sdk import callable_package
 
 
-def export(config=None, **kwargs) -> dict:
-    """Python SDK: ``export(adapters=['out/checkpoint-100'], merge_lora=True)``; names of `lmforge export --help`."""
-    from lmforge.workflows.export import export as run
-    return run(config, **kwargs)
-
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, config=None, **kwargs) -> dict:
-        return export(config, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+callable_package(__name__, 'lmforge.workflows.export:export')

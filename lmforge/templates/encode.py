@@ -19,8 +19,10 @@ not a turn trained without it. A template whose own generation prompt no rendere
 """
 from __future__ import annotations
 
+import bisect
 import re
 import warnings
+import weakref
 from dataclasses import dataclass
 
 from lmforge.errors import TemplateError
@@ -97,6 +99,11 @@ def check_tool_calls_rendered(tokenizer, messages: list[dict], text: str) -> Non
 def _turn(tokenizer, messages, i, tools, ignore_empty_think, kwargs):
     prompt = render(tokenizer, messages[:i], tools=tools, add_generation_prompt=True, **kwargs)
     upto = render(tokenizer, messages[:i + 1], tools=tools, **kwargs)
+    return _turn_span(tokenizer, messages, i, prompt, upto, ignore_empty_think)
+
+
+def _turn_span(tokenizer, messages, i, prompt: str, upto: str, ignore_empty_think: bool):
+    """``(upto, (start, end))``: the labelled characters of assistant message ``i`` given its two renderings."""
     if not upto.startswith(prompt):
         k = next((j for j, (a, b) in enumerate(zip(prompt, upto)) if a != b), min(len(prompt), len(upto)))
         raise TemplateError(
@@ -119,23 +126,204 @@ def _turn(tokenizer, messages, i, tools, ignore_empty_think, kwargs):
     return upto, (start, max(start, end))
 
 
+# --------------------------------------------------------------------------- rendering fast path
+# Rendering every trained turn twice (2k+1 template renders for k turns) dominates encoding. For conversations of
+# plain {role, content} string messages, the renders of a conversation *shape* (its roles and loss flags) are done
+# once with placeholder contents (a "skeleton"), and each conversation of that shape renders only once for real:
+# its full text must equal the skeleton's full text with the real contents put in (the template treats the contents
+# as opaque text), otherwise it takes the slow path. The first conversation of each shape is encoded both ways and
+# the shape keeps the fast path only if both agree. Results are identical to the slow path by construction.
+
+_HOLE = '\ue000{}\ue001'
+_HOLE_RE = re.compile('\ue000(\\d+)\ue001')
+_SKELETONS: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
+_MAX_SHAPES = 4096
+_NO_FAST = object()
+_NO_LOSS = '<no loss key>'  # a message without a "loss" key
+
+
+def _shape_key(tokenizer, messages, tools, loss_scale, kwargs):
+    if tools or not isinstance(tokenizer.chat_template, str):
+        return None
+    shape = []
+    for m in messages:
+        content = m.get('content')
+        if not isinstance(content, str) or '\ue000' in content or '\ue001' in content:
+            return None
+        if len(m) > 2 and not (len(m) == 3 and 'loss' in m) or 'role' not in m:
+            return None
+        shape.append((m['role'], m.get('loss', _NO_LOSS)))
+    key = tokenizer.chat_template, tuple(shape), loss_scale, tuple(sorted(kwargs.items()))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+
+def _parts(text: str) -> list:
+    """A skeleton text as [literal, message index, literal, ...]."""
+    pieces = _HOLE_RE.split(text)
+    return [p if k % 2 == 0 else int(p) for k, p in enumerate(pieces)]
+
+
+def _fill(parts: list, contents: list[str]) -> str:
+    return ''.join(contents[p] if k % 2 else p for k, p in enumerate(parts))
+
+
+def _skeleton(tokenizer, key, loss_scale, kwargs):
+    shape = key[1]
+    fake = [{'role': role, 'content': _HOLE.format(j), **({} if loss is _NO_LOSS else {'loss': loss})}
+            for j, (role, loss) in enumerate(shape)]
+    try:
+        full = render(tokenizer, fake, **kwargs)
+        turns = [(_parts(render(tokenizer, fake[:i], add_generation_prompt=True, **kwargs)),
+                  _parts(render(tokenizer, fake[:i + 1], **kwargs))) for i in trained_turns(fake, loss_scale)]
+    except TemplateError:
+        return None
+    return _parts(full), turns
+
+
+def _fast_texts(tokenizer, skeleton, messages, loss_scale, kwargs):
+    """(full, turns) through the skeleton, or None when this conversation's text does not fit it."""
+    full_parts, turn_parts = skeleton
+    contents = [m['content'] for m in messages]
+    full = render(tokenizer, messages, **kwargs)
+    if full != _fill(full_parts, contents):
+        return None
+    ignore_think = loss_scale == 'ignore_empty_think'
+    turns = [_turn_span(tokenizer, messages, i, _fill(p, contents), _fill(u, contents), ignore_think)
+             for i, (p, u) in zip(trained_turns(messages, loss_scale), turn_parts)]
+    return full, turns
+
+
+def _slow_texts(tokenizer, messages, tools, loss_scale, kwargs):
+    full = render(tokenizer, messages, tools=tools, **kwargs)
+    ignore_think = loss_scale == 'ignore_empty_think'
+    turns = [_turn(tokenizer, messages, i, tools, ignore_think, kwargs) for i in trained_turns(messages, loss_scale)]
+    return full, turns
+
+
+def _render_turns(tokenizer, messages, tools, loss_scale, kwargs):
+    key = _shape_key(tokenizer, messages, tools, loss_scale, kwargs)
+    if key is None:
+        return _slow_texts(tokenizer, messages, tools, loss_scale, kwargs)
+    try:
+        shapes = _SKELETONS.setdefault(tokenizer, {})
+    except TypeError:  # not weak-referenceable
+        return _slow_texts(tokenizer, messages, tools, loss_scale, kwargs)
+    skeleton = shapes.get(key, _NO_FAST)
+    if skeleton is _NO_FAST and key not in shapes:  # first of its shape: encode both ways, keep what agrees
+        slow = _slow_texts(tokenizer, messages, tools, loss_scale, kwargs)
+        skeleton = _skeleton(tokenizer, key, loss_scale, kwargs)
+        if skeleton is not None:
+            try:
+                if _fast_texts(tokenizer, skeleton, messages, loss_scale, kwargs) != slow:
+                    skeleton = None
+            except TemplateError:
+                skeleton = None
+        if len(shapes) >= _MAX_SHAPES:
+            shapes.clear()
+        shapes[key] = skeleton
+        return slow
+    if skeleton is not None:
+        fast = _fast_texts(tokenizer, skeleton, messages, loss_scale, kwargs)
+        if fast is not None:
+            return fast
+    return _slow_texts(tokenizer, messages, tools, loss_scale, kwargs)
+
+
+def _rust_backend(tokenizer):
+    """The Rust tokenizer behind a fast tokenizer when ``tokenizer(text, add_special_tokens=False)`` would only
+    configure it as it already is (no truncation, no padding, the same special-token splitting), else None: calling
+    it directly gives the same encoding without the Python wrapper, which costs about a third of the time."""
+    backend = getattr(tokenizer, '_tokenizer', None)
+    if backend is not None and getattr(tokenizer, 'is_fast', False) and backend.truncation is None and \
+            backend.padding is None and \
+            getattr(backend, 'encode_special_tokens', False) == bool(getattr(tokenizer, 'split_special_tokens', False)):
+        return backend
+    return None
+
+
+def _rust_encoding(tokenizer, text: str):
+    """The Rust `Encoding` that ``tokenizer(text, add_special_tokens=False)`` is made from, or None (see
+    `_rust_backend`)."""
+    backend = _rust_backend(tokenizer)
+    return None if backend is None else backend.encode(text, add_special_tokens=False)
+
+
+def _labels_by_chars(enc, ids: list, spans: list) -> list | None:
+    """Labels from the encoding's char -> token map, without building the whole offset list (the common case: every
+    span is non-empty and its first and last characters belong to tokens); None otherwise. Tokens sharing a
+    character (a multi-byte character split by byte-level BPE) are taken together, so that the labelled tokens are
+    exactly those whose characters overlap a span."""
+    labels = [IGNORE_INDEX] * len(ids)
+    for a, b in spans:
+        if b <= a:
+            return None
+        first, last = enc.char_to_token(a), enc.char_to_token(b - 1)
+        if first is None or last is None:
+            return None
+        while first > 0 and enc.token_to_chars(first - 1)[1] > a:
+            first -= 1
+        while last + 1 < len(ids) and enc.token_to_chars(last + 1)[0] < b:
+            last += 1
+        labels[first:last + 1] = ids[first:last + 1]
+    return labels
+
+
+def _labels_by_offsets(ids: list, offsets: list, spans: list) -> list:
+    labels = [IGNORE_INDEX] * len(ids)
+    starts, ends = [o[0] for o in offsets], [o[1] for o in offsets]
+    if starts == sorted(starts) and ends == sorted(ends):
+        # offsets in text order (the usual case): each span labels one contiguous run of tokens, those that end
+        # after its start and start before its end
+        for a, b in spans:
+            first, last = bisect.bisect_right(ends, a), bisect.bisect_left(starts, b)
+            if first < last:
+                labels[first:last] = ids[first:last]
+        return labels
+    k = 0
+    for t, (s, e) in enumerate(offsets):
+        while k < len(spans) and spans[k][1] <= s:
+            k += 1
+        if k == len(spans):
+            break
+        a, b = spans[k]
+        if s < b and e > a:
+            labels[t] = ids[t]
+    return labels
+
+
+def _sample_of(enc, text: str, spans: list) -> Sample:
+    ids = enc.ids
+    labels = _labels_by_chars(enc, ids, spans)
+    if labels is None:
+        labels = _labels_by_offsets(ids, enc.offsets, spans)
+    return Sample(ids, labels, text)
+
+
+def tokenize_spans_batch(tokenizer, items: list[tuple[str, list]]) -> list[Sample]:
+    """`tokenize_spans` of many ``(text, spans)`` at once: one call into the Rust tokenizer, which spreads a batch
+    over its threads (unless TOKENIZERS_PARALLELISM=false), instead of one call per text. The same samples."""
+    backend = _rust_backend(tokenizer)
+    if backend is None or len(items) < 2:
+        return [tokenize_spans(tokenizer, text, spans) for text, spans in items]
+    encodings = backend.encode_batch([text for text, _ in items], add_special_tokens=False)
+    return [_sample_of(enc, text, sorted(spans)) for enc, (text, spans) in zip(encodings, items)]
+
+
 def tokenize_spans(tokenizer, text: str, spans: list[tuple[int, int]]) -> Sample:
     """Tokenize ``text``; a token is labelled when its characters overlap one of ``spans``."""
     if getattr(tokenizer, 'is_fast', False):
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = enc['input_ids'], enc['offset_mapping']
-        labels = [IGNORE_INDEX] * len(ids)
         spans = sorted(spans)
-        k = 0
-        for t, (s, e) in enumerate(offsets):
-            while k < len(spans) and spans[k][1] <= s:
-                k += 1
-            if k == len(spans):
-                break
-            a, b = spans[k]
-            if s < b and e > a:
-                labels[t] = ids[t]
-        return Sample(ids, labels, text)
+        enc = _rust_encoding(tokenizer, text)
+        if enc is not None:
+            return _sample_of(enc, text, spans)
+        out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = out['input_ids']
+        return Sample(ids, _labels_by_offsets(ids, out['offset_mapping'], spans), text)
     # Slow tokenizers have no offsets: tokenize the pieces between span boundaries separately.
     ids, labels, pos = [], [], 0
     for a, b in sorted(spans):
@@ -152,6 +340,19 @@ def tokenize_spans(tokenizer, text: str, spans: list[tuple[int, int]]) -> Sample
     return Sample(ids, labels, text)
 
 
+def render_samples(tokenizer, messages: list[dict], tools: list | None = None, loss_scale: str = 'default',
+                   **template_kwargs) -> tuple[list[tuple[str, list]], bool]:
+    """The rendering half of `encode_chat_samples`: ``([(text, [(start, end), ...]), ...], split)``, the text of each
+    sequence with the character spans that take loss; `tokenize_spans` turns each into a `Sample`."""
+    check_template_support(tokenizer, messages, tools)
+    full, turns = _render_turns(tokenizer, messages, tools, loss_scale, template_kwargs)
+    if any(m.get('tool_calls') for m in messages):
+        check_tool_calls_rendered(tokenizer, messages, '\n'.join([full] + [upto for upto, _ in turns]))
+    if all(full.startswith(upto) for upto, _ in turns):
+        return [(full, [span for _, span in turns])], False
+    return [(upto, [span]) for upto, span in turns], True
+
+
 def encode_chat_samples(tokenizer, messages: list[dict], tools: list | None = None, loss_scale: str = 'default',
                         **template_kwargs) -> tuple[list[Sample], bool]:
     """Every trained turn encoded as inference renders it: ``([samples], split)``.
@@ -159,15 +360,8 @@ def encode_chat_samples(tokenizer, messages: list[dict], tools: list | None = No
     ``split`` is False when the whole conversation is one sequence (the template is prefix-consistent on it),
     True when each trained turn had to become its own sequence.
     """
-    check_template_support(tokenizer, messages, tools)
-    full = render(tokenizer, messages, tools=tools, **template_kwargs)
-    ignore_think = loss_scale == 'ignore_empty_think'
-    turns = [_turn(tokenizer, messages, i, tools, ignore_think, template_kwargs)
-             for i in trained_turns(messages, loss_scale)]
-    check_tool_calls_rendered(tokenizer, messages, '\n'.join([full] + [upto for upto, _ in turns]))
-    if all(full.startswith(upto) for upto, _ in turns):
-        return [tokenize_spans(tokenizer, full, [span for _, span in turns])], False
-    return [tokenize_spans(tokenizer, upto, [span]) for upto, span in turns], True
+    texts, split = render_samples(tokenizer, messages, tools, loss_scale, **template_kwargs)
+    return [tokenize_spans(tokenizer, text, spans) for text, spans in texts], split
 
 
 def encode_chat(tokenizer, messages: list[dict], tools: list | None = None, loss_scale: str = 'default',

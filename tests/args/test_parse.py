@@ -124,3 +124,11 @@ def test_help_lists_every_flag_with_default_and_is_fast():
 def test_example_configs_parse(name, cls):
     args = parse_args(cls, ['--config', os.path.join(REPO, 'examples', name)])
     assert args.model and args.dataset
+
+
+def test_sdk_names_stay_functions_after_their_packages_are_imported():
+    code = ('import lmforge.infer.engine, lmforge.serve.app, lmforge.export, lmforge.eval, lmforge.rlhf, '
+            'lmforge.demo.build\nimport lmforge\n'
+            'print(all(callable(getattr(lmforge, n)) for n in lmforge.__all__ if n != "__version__"))')
+    probe = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO)
+    assert probe.stdout.strip() == 'True', probe.stderr
