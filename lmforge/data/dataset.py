@@ -352,6 +352,21 @@ def pack_items(items: list[dict]) -> dict:
 
 # --------------------------------------------------------------------------- build_datasets
 
+def with_validation(train, encode_val, args, seed: int, log=print) -> tuple:
+    """(train, validation): --val_dataset encoded by ``encode_val(specs) -> (samples, report)``, else
+    --split_dataset_ratio of the training samples, held out deterministically by ``seed``."""
+    if args.val_dataset:
+        val, report = encode_val(args.val_dataset)
+        for line in report.lines('validation data', args.max_length, args.truncation_strategy):
+            log(line)
+        return train, val
+    train, val = split_train_val(train, args.split_dataset_ratio, seed)
+    if val:
+        log(f'validation: {len(val)} samples held out of --dataset (--split_dataset_ratio '
+            f'{args.split_dataset_ratio}, seed {seed})')
+    return train, val
+
+
 def build_datasets(args, tokenizer, mode: str, log=print) -> tuple:
     """Train and validation samples for ``args`` (SftArgs/PtArgs); raises before any model is loaded when the
     data is unusable. With ``--streaming`` the train set is a `StreamingDataset` (an iterable), checked on its first
@@ -374,15 +389,9 @@ def build_datasets(args, tokenizer, mode: str, log=print) -> tuple:
         log(line)
     if not train:
         raise _no_samples(args, report)
-    if args.val_dataset:
-        val, vreport = encode_specs(args.val_dataset, tokenizer, mode, log=log, desc='validation data', **opts)
-        for line in vreport.lines('validation data', args.max_length, args.truncation_strategy):
-            log(line)
-    else:
-        train, val = split_train_val(train, args.split_dataset_ratio, seed)
-        if val:
-            log(f'validation: {len(val)} samples held out of --dataset (--split_dataset_ratio '
-                f'{args.split_dataset_ratio}, seed {seed})')
+    train, val = with_validation(
+        train, lambda specs: encode_specs(specs, tokenizer, mode, log=log, desc='validation data', **opts), args,
+        seed, log)
     if args.packing:
         n = len(train)
         train = pack(train, args.max_length, seed)

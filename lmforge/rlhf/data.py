@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 
-from lmforge.data.dataset import DataReport, encode_rows, load_rows, split_train_val
+from lmforge.data.dataset import DataReport, encode_rows, load_rows, with_validation
 from lmforge.data.formats import RowError, rename_columns
 from lmforge.data.preference import normalize_kto, normalize_pair, normalize_prompt
 from lmforge.errors import DataError, TemplateError
@@ -158,15 +158,7 @@ def build_rlhf_datasets(args, tokenizer, log=print) -> tuple[list[dict], list[di
         raise DataError(f'--dataset: no usable {args.rlhf_type} rows in {", ".join(args.dataset)} '
                         f'({report.rows} rows: {len(report.invalid)} invalid, {report.too_long} over --max_length '
                         f'{args.max_length}).{first}')
-    if args.val_dataset:
-        val, vreport = encode(args.val_dataset)
-        for line in vreport.lines('validation data', args.max_length, args.truncation_strategy):
-            log(line)
-    else:
-        train, val = split_train_val(train, args.split_dataset_ratio, seed)
-        if val:
-            log(f'validation: {len(val)} samples held out of --dataset (--split_dataset_ratio '
-                f'{args.split_dataset_ratio})')
+    train, val = with_validation(train, encode, args, seed, log)
     if kind == 'kto':  # KTOTrainer reads rows in order (its KL term pairs neighbours): mix the labels here
         random.Random(seed).shuffle(train)
     return train, val
