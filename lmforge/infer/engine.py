@@ -227,84 +227,40 @@ class PtEngine:
         text = render_prompt(self.tokenizer, with_system(request.messages, self.system), tools=request.tools)
         return self.tokenizer(text, add_special_tokens=False)['input_ids']
 
-    def _generate_kwargs(self, config: RequestConfig) -> dict:
-        import torch
-        from transformers import GenerationConfig
-
-        sample = config.temperature > 0
-        if sample and config.seed is not None:
-            torch.manual_seed(config.seed)
-        gen = GenerationConfig(max_new_tokens=config.max_new_tokens, do_sample=sample,
-                               temperature=config.temperature if sample else None,
-                               top_p=config.top_p if sample else None, top_k=config.top_k if sample else None,
-                               repetition_penalty=config.repetition_penalty, eos_token_id=self.stop_ids,
-                               pad_token_id=self.tokenizer.pad_token_id)
-        kwargs = {'generation_config': gen}
-        if config.stop:
-            kwargs.update(stop_strings=list(config.stop), tokenizer=self.tokenizer)
-        return kwargs
-
-    def _finish(self, new_ids: list[int], config: RequestConfig, n_prompt: int) -> Response:
-        while new_ids and new_ids[-1] == self.tokenizer.pad_token_id and new_ids[-1] not in self.stop_ids:
-            new_ids = new_ids[:-1]
-        stopped = bool(new_ids) and new_ids[-1] in self.stop_ids
-        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-        text, cut = cut_at_stop(text, config.stop)
-        reason = 'stop' if stopped or cut or len(new_ids) < config.max_new_tokens else 'length'
-        return Response(text=text, finish_reason=reason, prompt_tokens=n_prompt, completion_tokens=len(new_ids))
-
     def infer(self, requests: list[InferRequest], config: RequestConfig | None = None,
               max_batch_size: int = 16) -> list[Response]:
-        """Answer ``requests``, ``max_batch_size`` at a time (left padding)."""
-        import torch
-
+        """Answer ``requests``, ``max_batch_size`` at a time (one left-padded batch each, `generate_rows`)."""
         config = config or RequestConfig()
         out = []
-        pad = self.tokenizer.pad_token_id
         for start in range(0, len(requests), max_batch_size):
-            prompts = [self.prompt_ids(r) for r in requests[start:start + max_batch_size]]
-            width = max(map(len, prompts))
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-            with torch.inference_mode():
-                gen = self.model.generate(input_ids=ids, attention_mask=mask, **self._generate_kwargs(config))
-            for p, row in zip(prompts, gen[:, width:].tolist()):
-                out.append(self._finish(row, config, len(p)))
+            rows = [self.new_sequence(self.prompt_ids(r), config) for r in requests[start:start + max_batch_size]]
+            self.generate_rows(rows)
+            out += [Response(text=r.text, finish_reason=r.finish_reason, prompt_tokens=len(r.prompt_ids),
+                             completion_tokens=len(r.token_ids)) for r in rows]
         return out
 
     def stream(self, request: InferRequest, config: RequestConfig | None = None) -> Iterator[str]:
-        """Yield the answer's text as it is generated."""
-        import torch
-        from transformers import TextIteratorStreamer
+        """Yield the answer's text as it is generated (`generate_rows` on a background thread)."""
+        import queue
 
-        config = config or RequestConfig()
-        prompt = self.prompt_ids(request)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        ids = torch.tensor([prompt], device=self.device)
-        kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
-                      **self._generate_kwargs(config))
+        pieces: queue.Queue = queue.Queue()
+        row = self.new_sequence(self.prompt_ids(request), config or RequestConfig(),
+                                listener=lambda seq, text, _logprobs: pieces.put(text))
 
         def work():
-            with torch.inference_mode():
-                self.model.generate(**kwargs)
+            try:
+                self.generate_rows([row])
+            finally:
+                pieces.put(None)  # the end, after the row's last text (or its failure)
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        emitted = ''
-        for piece in streamer:
-            text, cut = cut_at_stop(emitted + piece, config.stop)
-            if text[len(emitted):]:
-                yield text[len(emitted):]
-            emitted = text
-            if cut:
-                break
+        while (text := pieces.get()) is not None:
+            if text:
+                yield text
         thread.join()
-
-
-def cut_at_stop(text: str, stop: list | None) -> tuple[str, bool]:
-    """Cut ``text`` before the first stop string (which is not part of the answer, as in OpenAI's API)."""
-    hits = [text.find(s) for s in stop or [] if s and s in text]
-    return (text[:min(hits)], True) if hits else (text, False)
+        if row.error:
+            raise RuntimeError(f'generation failed: {row.error}')
 
 
 def _load_named_adapters(model, named: dict, merge_first: bool):
