@@ -69,12 +69,6 @@ def parse_spec(spec: str) -> Spec:
     return Spec(spec, path, subsets, n)
 
 
-def split_spec(spec: str) -> tuple[str, int | None]:
-    """'data.jsonl#100' -> ('data.jsonl', 100)."""
-    s = parse_spec(spec)
-    return s.path, s.n
-
-
 def read_dataset(spec: str, seed: int = 42, use_hf: bool | None = None) -> list[Row]:
     s = parse_spec(spec)
     rows = list(_rows(s, use_hf, streaming=False))
