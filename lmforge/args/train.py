@@ -87,6 +87,8 @@ class TunerArgs:
     adalora_tinit: int = arg(0, 'AdaLoRA: steps of warm-up before ranks are pruned')
     adalora_tfinal: int = arg(0, 'AdaLoRA: final steps trained at the target budget')
     adalora_deltaT: int = arg(1, 'AdaLoRA: steps between two budget allocations')
+    adalora_orth_reg_weight: float = arg(0.5, 'AdaLoRA: weight of the penalty keeping the singular vectors '
+                                              'orthogonal (added to the loss)')
     vera_rank: int = arg(256, 'VeRA: rank of the shared random projections')
     vera_projection_prng_key: int = arg(0, 'VeRA: seed of the shared random projections')
     vera_dropout: float = arg(0.0, 'VeRA: dropout on the input')
@@ -201,6 +203,8 @@ class TunerArgs:
         for name, value in positive.items():
             if value <= 0:
                 raise ArgumentError(name, f'must be positive, got {value}')
+        if self.adalora_orth_reg_weight < 0:
+            raise ArgumentError('adalora_orth_reg_weight', f'must be >= 0, got {self.adalora_orth_reg_weight}')
         if self.llamapro_num_groups is not None and self.llamapro_num_groups <= 0:
             raise ArgumentError('llamapro_num_groups', f'must be positive, got {self.llamapro_num_groups}')
         if not 0 < self.longlora_group_ratio <= 1:

@@ -104,6 +104,8 @@ class LmTrainer(LmTrainerMixin, Trainer):
         # compute_loss below normalises by the step's trained-token count itself; this makes Trainer count it.
         self.model_accepts_loss_kwargs = True
         self.use_logits_to_keep = use_logits_to_keep
+        from lmforge.tuners.features import AdaLoraPenalty
+        self.penalty = AdaLoraPenalty.of(self.model)  # a loss term the tuner adds (peft adds it to model losses)
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -130,6 +132,11 @@ class LmTrainer(LmTrainerMixin, Trainer):
                 loss = loss * self.accelerator.num_processes
         else:
             loss = loss / keep.sum().clamp(min=1)
+        if self.penalty is not None and model.training:
+            # once per optimizer step: the Trainer divides by the accumulation steps only a loss it got no count for
+            penalty = self.penalty()
+            loss = loss + (penalty / self.args.gradient_accumulation_steps if num_items_in_batch is not None
+                           else penalty)
         return (loss, outputs) if return_outputs else loss
 
 

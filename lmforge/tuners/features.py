@@ -9,7 +9,8 @@ in the workflow.
   parameter; frozen layers simply get no gradient (AdamW skips them).
 - LoRA+ (--lorap_lr_ratio): peft's create_loraplus_optimizer (B matrices at ratio x the learning rate).
 - AdaLoRA: a callback that sets the budget schedule's length when training starts and reallocates ranks after
-  every optimizer step (peft's update_and_allocate).
+  every optimizer step (peft's update_and_allocate), and the orthogonality penalty (`AdaLoraPenalty`), which peft
+  adds only to a loss the model computes itself: lmforge's trainer computes the loss, so it adds the penalty.
 - Liger kernels (--use_liger_kernel): TrainingArguments.use_liger_kernel (CUDA only, needs liger-kernel).
 """
 from __future__ import annotations
@@ -148,3 +149,35 @@ class AdaLoraCallback(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         self._tuner(model).update_and_allocate(state.global_step)
+
+
+class AdaLoraPenalty:
+    """AdaLoRA's orthogonality regulariser, as peft's AdaLoraModel.forward adds it to a model-computed loss:
+    weight * mean over the adapter's A and B matrices of ||A A^T - I||_F (and ||B^T B - I||_F)."""
+
+    def __init__(self, tuner):
+        self.name = tuner.trainable_adapter_name
+        self.weight = tuner.peft_config[self.name].orth_reg_weight
+        self.matrices = [(p, 'lora_A' in n) for n, p in tuner.model.named_parameters()
+                         if ('lora_A' in n or 'lora_B' in n) and self.name in n]
+
+    @classmethod
+    def of(cls, model) -> 'AdaLoraPenalty | None':
+        """The penalty of an AdaLoRA peft model with a positive weight, else None."""
+        from peft.tuners.adalora import AdaLoraModel
+
+        tuner = getattr(model, 'base_model', None)
+        if not isinstance(tuner, AdaLoraModel):
+            return None
+        penalty = cls(tuner)
+        return penalty if penalty.weight > 0 and penalty.matrices else None
+
+    def __call__(self):
+        import torch
+
+        total = 0
+        for p, is_a in self.matrices:
+            cov = p @ p.T if is_a else p.T @ p  # A: r x in, B: out x r -> r x r
+            total = total + torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], device=cov.device,
+                                                                      dtype=cov.dtype))
+        return self.weight * total / len(self.matrices)

@@ -67,6 +67,7 @@ def adalora(model, args):
     total = args.max_steps if getattr(args, 'max_steps', -1) > 0 else 1_000_000  # replaced at train begin
     config = AdaLoraConfig(r=args.adalora_init_r, init_r=args.adalora_init_r, target_r=args.adalora_target_r,
                            tinit=args.adalora_tinit, tfinal=args.adalora_tfinal, deltaT=args.adalora_deltaT,
+                           orth_reg_weight=args.adalora_orth_reg_weight,
                            lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, use_rslora=args.use_rslora,
                            target_modules=_targets(args), modules_to_save=args.modules_to_save or None,
                            total_step=max(total, args.adalora_tinit + args.adalora_tfinal + 1), task_type='CAUSAL_LM')
