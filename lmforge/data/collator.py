@@ -39,10 +39,14 @@ class PadCollator:
 
 
 class PaddingFreeCollator:
-    """Concatenate the batch into one row; position ids restart at 0 for each sample."""
+    """Concatenate the batch into one row; position ids restart at 0 for each sample. The sample boundaries also go
+    along as ``cu_seq_lens_q/k`` and ``max_length_q/k`` (transformers' names), for attention that runs per sample
+    (flash-attention varlen, lmforge.train.varlen) instead of masking the whole row."""
 
     def __call__(self, batch: list[dict]) -> dict:
         import torch
+
+        from lmforge.train.varlen import sequence_bounds
 
         ids, labels, pos = [], [], []
         for s in batch:
@@ -50,5 +54,9 @@ class PaddingFreeCollator:
             ids += s['input_ids']
             labels += [IGNORE_INDEX] + list(s['labels'][1:])
             pos += s.get('position_ids') or list(range(n))
+        bounds = sequence_bounds(pos)
+        cu = torch.tensor(bounds, dtype=torch.int32)
+        longest = max(b - a for a, b in zip(bounds, bounds[1:]))
         return {'input_ids': torch.tensor([ids]), 'labels': torch.tensor([labels]),
-                'position_ids': torch.tensor([pos])}
+                'position_ids': torch.tensor([pos]), 'cu_seq_lens_q': cu, 'cu_seq_lens_k': cu,
+                'max_length_q': longest, 'max_length_k': longest}

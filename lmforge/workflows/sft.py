@@ -118,8 +118,10 @@ def train(args, mode: str) -> dict:
     use_logits_to_keep = args.use_logits_to_keep
     if use_logits_to_keep is None:
         use_logits_to_keep = supports_logits_to_keep(model)
-    log(f'batching: {"padding-free (one row per batch, per-sample position ids)" if padding_free else "padded"}; '
-        f'LM head on trained positions only: {use_logits_to_keep}')
+    from lmforge.train.varlen import enable_varlen_attention
+    per_sample = padding_free and enable_varlen_attention(model)  # SDPA on each sample, not a masked N x N row
+    log(f'batching: {"padding-free (one row per batch, per-sample position ids)" if padding_free else "padded"}'
+        f'{", attention per sample" if per_sample else ""}; LM head on trained positions only: {use_logits_to_keep}')
     collator = PaddingFreeCollator() if padding_free else PadCollator(tokenizer.pad_token_id)
 
     from lmforge.train.metrics import JsonlLogger, MfuMeter, device_peak_flops
