@@ -288,7 +288,8 @@ def estimate_memory(args, config=None) -> tuple[Estimate, Shape]:
     kept = tokens * args.trained_token_ratio
     full = not adapters
     attn = args.attn_impl or 'sdpa'
-    expand_kv = attn in ('sdpa', 'eager') and args.padding_free and shape.kv_heads != shape.heads
+    # padding-free sdpa runs per sample (lmforge.train.varlen: no mask, GQA heads not expanded); eager expands
+    expand_kv = attn == 'eager' and args.padding_free and shape.kv_heads != shape.heads
     lora_targets = _lora_targets(model, args) if tuner in ('lora', 'longlora', 'adalora') else []
     per_layer = layer_activation_bytes(shape, e, full=full, expand_kv=expand_kv, lora_targets=lora_targets,
                                        lora_rank=args.lora_rank, lora_dropout=args.lora_dropout)

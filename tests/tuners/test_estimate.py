@@ -79,9 +79,13 @@ def measure(case) -> dict:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
         ids = torch.randint(0, config.vocab_size, (case['batch'], case['length']))
         batch = {'input_ids': ids}
-        if case.get('packed'):  # padding-free: two samples in one row
+        if case.get('packed'):  # padding-free: two samples in one row, attention per sample as `lmforge sft` runs it
+            from lmforge.train.varlen import enable_varlen_attention
+
             half = case['length'] // 2
             batch['position_ids'] = torch.cat([torch.arange(half), torch.arange(case['length'] - half)])[None]
+            batch['cu_seq_lens_q'] = torch.tensor([0, half, case['length']], dtype=torch.int32)
+            assert enable_varlen_attention(model)
         if not checkpointing:
             out['saved'] = measure_saved_bytes(model, batch, autocast)
 
