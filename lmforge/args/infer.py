@@ -8,6 +8,19 @@ from lmforge.args.common import GenerationArgs, ModelArgs, TemplateArgs
 from lmforge.args.parse import arg
 from lmforge.errors import ArgumentError
 
+INFER_BACKENDS = ('pt', 'vllm', 'sglang', 'lmdeploy')
+BACKEND_HELP = ('inference engine: pt (transformers), or vllm / sglang / lmdeploy (CUDA only, installed apart: '
+                'pip install "lmforge[vllm]")')
+ENGINE_KWARGS_HELP = ('more settings of the vllm/sglang/lmdeploy engine, JSON, e.g. '
+                      '\'{"gpu_memory_utilization": 0.5}\' (vllm.LLM / sglang.Engine / lmdeploy engine config '
+                      'arguments)')
+
+
+def validate_backend(args) -> None:
+    """--engine_kwargs only where an optional engine takes them (serve and infer share this)."""
+    if args.engine_kwargs and args.infer_backend == 'pt':
+        raise ArgumentError('engine_kwargs', 'are settings of the vllm/sglang/lmdeploy engines; --infer_backend is pt')
+
 
 @dataclass
 class InferArgs(GenerationArgs, TemplateArgs, ModelArgs):
@@ -18,7 +31,8 @@ class InferArgs(GenerationArgs, TemplateArgs, ModelArgs):
     """
     command = 'infer'
     adapters: list[str] = arg(help='LoRA checkpoint(s) to apply to --model', factory=list)
-    infer_backend: str = arg('pt', 'inference engine', choices=('pt',))
+    infer_backend: str = arg('pt', BACKEND_HELP, choices=INFER_BACKENDS)
+    engine_kwargs: Optional[dict] = arg(None, ENGINE_KWARGS_HELP)
     val_dataset: list[str] = arg(help='batch mode: answer the last user turn of every row of these files',
                                  factory=list)
     result_path: Optional[str] = arg(None, 'batch mode: write one JSON line per row here')
@@ -33,4 +47,5 @@ class InferArgs(GenerationArgs, TemplateArgs, ModelArgs):
             raise ArgumentError('result_path', 'needs --val_dataset: the rows to answer')
         if self.max_batch_size <= 0:
             raise ArgumentError('max_batch_size', f'must be positive, got {self.max_batch_size}')
+        validate_backend(self)
         self.validate_generation()

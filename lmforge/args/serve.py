@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from lmforge.args.common import GenerationArgs, ModelArgs, TemplateArgs
+from lmforge.args.infer import BACKEND_HELP, ENGINE_KWARGS_HELP, INFER_BACKENDS, validate_backend
 from lmforge.args.parse import arg
 from lmforge.errors import ArgumentError
 
@@ -23,7 +24,8 @@ class ServeArgs(GenerationArgs, TemplateArgs, ModelArgs):
     command = 'serve'
     adapters: list[str] = arg(help='LoRA checkpoints: name=DIR is served as model `name` (requests choose it); a '
                                    'plain DIR is applied to --model for every request', factory=list)
-    infer_backend: str = arg('pt', 'inference engine', choices=('pt',))
+    infer_backend: str = arg('pt', BACKEND_HELP, choices=INFER_BACKENDS)
+    engine_kwargs: Optional[dict] = arg(None, ENGINE_KWARGS_HELP)
     host: str = arg('127.0.0.1', 'address to listen on; 0.0.0.0 exposes the server to the network')
     port: int = arg(8000, 'port to listen on (0: any free port)')
     api_key: Optional[str] = arg(None, 'require "Authorization: Bearer KEY" on /v1/*; default: the LMFORGE_API_KEY '
@@ -33,6 +35,8 @@ class ServeArgs(GenerationArgs, TemplateArgs, ModelArgs):
     served_model_name: Optional[str] = arg(None, 'the model name clients send; default: --model as given')
     max_concurrency: int = arg(64, 'requests generating or queued at once; more get HTTP 429')
     max_batch_size: int = arg(16, 'rows generated together in one batch')
+    admit_after: int = arg(16, 'continuous batching (pt engine): a running batch pauses after this many steps to '
+                               'take in waiting requests, when it has room; 0: a batch runs to its end first')
     max_request_bytes: int = arg(4 << 20, 'largest request body accepted (HTTP 413 beyond)')
     max_model_len: Optional[int] = arg(None, "context length requests must fit; default: the model's "
                                              'max_position_embeddings')
@@ -45,6 +49,8 @@ class ServeArgs(GenerationArgs, TemplateArgs, ModelArgs):
             raise ArgumentError('model', 'is required: a model directory, hub id, or a checkpoint')
         if not 0 <= self.port <= 65535:
             raise ArgumentError('port', f'must be in [0, 65535], got {self.port}')
+        if self.admit_after < 0:
+            raise ArgumentError('admit_after', f'must be >= 0 (0 turns continuous batching off), got {self.admit_after}')
         for name in ('max_concurrency', 'max_batch_size', 'max_request_bytes'):
             if getattr(self, name) <= 0:
                 raise ArgumentError(name, f'must be positive, got {getattr(self, name)}')
@@ -57,6 +63,7 @@ class ServeArgs(GenerationArgs, TemplateArgs, ModelArgs):
             raise ArgumentError('model', 'is required')
         if self.served_model_name and self.served_model_name in named:
             raise ArgumentError('served_model_name', f'{self.served_model_name!r} is also an adapter name')
+        validate_backend(self)
         self.validate_generation()
 
 

@@ -191,7 +191,7 @@ def api_lm(base_url: str, api: str, model_name: str, tokenizer_dir: str | None, 
            max_length: int, max_gen_toks: int):
     """The harness's OpenAI-compatible API LM: completions (needs a tokenizer: log-likelihoods are computed on token
     ids the server echoes) or chat completions (generation tasks only)."""
-    from lm_eval.models.openai_completions import LocalChatCompletion
+    from lm_eval.models.openai_completions import LocalChatCompletion, LocalCompletionsAPI
 
     check_api_requirements(api, tokenizer_dir)
     base = base_url.rstrip('/')
@@ -201,35 +201,10 @@ def api_lm(base_url: str, api: str, model_name: str, tokenizer_dir: str | None, 
     if api == 'chat':
         return LocalChatCompletion(base_url=f'{base}/chat/completions', tokenizer_backend=None,
                                    tokenized_requests=False, **common)
-    return _completions_class()(base_url=f'{base}/completions', tokenizer_backend='huggingface',
-                                tokenizer=tokenizer_dir, tokenized_requests=True, batch_size=1, **common)
-
-
-def _completions_class():
-    """local-completions, reading the echoed prompt's log-probabilities by the prompt's own length: the harness
-    assumes exactly one generated token after the echo (``[ctxlen:-1]``), but a server that stops on the
-    end-of-turn token may leave that token out of ``logprobs`` (lmforge serve does), and the last continuation
-    token would silently be dropped."""
-    from operator import itemgetter
-
-    from lm_eval.models.openai_completions import LocalCompletionsAPI
-
-    class PromptLengthCompletions(LocalCompletionsAPI):
-        @staticmethod
-        def parse_logprobs(outputs, tokens=None, ctxlens=None, **kwargs):
-            res = []
-            outputs = outputs if isinstance(outputs, list) else [outputs]
-            for out in outputs:
-                choices = sorted(out['choices'], key=itemgetter('index'))
-                for choice, ctxlen, toks in zip(choices, ctxlens, tokens):
-                    end = len(toks)
-                    lps = choice['logprobs']['token_logprobs'][ctxlen:end]
-                    tops = choice['logprobs']['top_logprobs'][ctxlen:end]
-                    greedy = all(lp >= max(top.values()) for lp, top in zip(lps, tops))
-                    res.append((sum(lps), greedy))
-            return res
-
-    return PromptLengthCompletions
+    # The server's legacy logprobs hold every generated token (the end-of-turn token included), so the harness's own
+    # ``token_logprobs[ctxlen:-1]`` after echo + max_tokens=1 is the continuation's.
+    return LocalCompletionsAPI(base_url=f'{base}/completions', tokenizer_backend='huggingface',
+                               tokenizer=tokenizer_dir, tokenized_requests=True, batch_size=1, **common)
 
 
 def run_harness(lm, tm, names: list[str], specs: list[str], limit: int | None, num_fewshot: int | None,

@@ -1,4 +1,5 @@
-"""Inference engines: the interface and the transformers ("pt") engine (`engine`).
+"""Inference engines: the interface and the transformers ("pt") engine (`engine`); the optional vLLM / SGLang /
+LMDeploy engines and `make_engine(backend, ...)`, what --infer_backend builds (`backends`).
 
 ``lmforge.infer(...)`` is the Python SDK of `lmforge infer` (this package is callable: see lmforge/sdk.py).
 """

@@ -7,16 +7,20 @@ end-of-turn token(s) and the generation config's eos ids, which lmforge checkpoi
 
 The server drives the lower-level ``engine.generate_rows(rows, adapter)``: one left-padded batch of `Sequence`s, each
 with its own settings (max tokens, sampling, seed, stop strings, penalties, logprobs) and a listener that receives its
-text as it is released, plus ``engine.prompt_logprobs`` and ``engine.embed``.
+text as it is released (the pt engine's batch can be paused and continued with new rows: continuous batching), plus
+``engine.prompt_logprobs`` and ``engine.embed``.
 """
 from __future__ import annotations
 
 import contextlib
-import random
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
+
+from lmforge.infer.sequence import (Sequence, TokenLogprob, _RowSampler, _RowStopper,  # noqa: F401
+                                     _decode_stream, _token_logprob)
 
 
 @dataclass
@@ -50,7 +54,103 @@ class Response:
     completion_tokens: int
 
 
-class PtEngine:
+class Engine:
+    """What every engine shares: the resolved checkpoint (``bundle``), its tokenizer and chat template, the stop ids,
+    prompts rendered by lmforge's own template code (what training saw) and tokenized here, `Sequence`s, and
+    `infer`/`stream` on top of the engine's ``generate_rows``. `PtEngine` is one; the optional vLLM, SGLang and
+    LMDeploy engines (lmforge/infer/backends.py) are the others."""
+
+    adapter_names: list = []  # LoRA adapters served by name (set by `_open_checkpoint`)
+
+    def _open_checkpoint(self, model, adapters, named_adapters, template, system, use_hf, revision, token,
+                         trust_remote_code) -> dict:
+        """Resolve --model/--adapters, load the tokenizer and the template; returns the named adapters."""
+        from lmforge.models import load_tokenizer, resolve_checkpoint
+        from lmforge.templates import apply_template
+
+        named_adapters = dict(named_adapters or {})
+        if not model and not adapters and named_adapters:  # the base the first named adapter was trained on
+            import os
+
+            from lmforge.models.loader import _adapter_base
+            model = _adapter_base(os.path.abspath(next(iter(named_adapters.values()))))
+        self.bundle = resolve_checkpoint(model, adapters, use_hf=use_hf, revision=revision, token=token)
+        self.tokenizer = load_tokenizer(self.bundle.tokenizer_dir, trust_remote_code)
+        self.template_source = apply_template(self.tokenizer, template)
+        self.system = system
+        self.adapter_names = list(named_adapters)
+        self._token_text: dict[int, str] = {}
+        return named_adapters
+
+    def _set_stop_ids(self, fallback: Callable | None = None) -> None:
+        """The checkpoint's own generation config (it carries the template's stop tokens), else ``fallback()``, and
+        the ids that end generation."""
+        from transformers import GenerationConfig
+
+        from lmforge.templates import stop_token_ids
+
+        try:
+            self.generation_config = GenerationConfig.from_pretrained(self.bundle.tokenizer_dir)
+        except OSError:
+            self.generation_config = fallback() if fallback else None
+        self.stop_ids = stop_token_ids(self.tokenizer, self.generation_config)
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token (as logprobs show it)."""
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self._token_text[token_id] = self.tokenizer.decode([token_id])
+        return text
+
+    def new_sequence(self, prompt_ids: list[int], config: RequestConfig, listener=None) -> Sequence:
+        return Sequence(prompt_ids, config, self.tokenizer, self.stop_ids, listener)
+
+    def generate_rows(self, rows: list[Sequence], adapter: str | None = None) -> None:
+        raise NotImplementedError
+
+    def prompt_ids(self, request: InferRequest) -> list[int]:
+        from lmforge.templates import render_prompt, with_system
+
+        text = render_prompt(self.tokenizer, with_system(request.messages, self.system), tools=request.tools)
+        return self.tokenizer(text, add_special_tokens=False)['input_ids']
+
+    def infer(self, requests: list[InferRequest], config: RequestConfig | None = None,
+              max_batch_size: int = 16) -> list[Response]:
+        """Answer ``requests``, ``max_batch_size`` at a time (one `generate_rows` call each)."""
+        config = config or RequestConfig()
+        out = []
+        for start in range(0, len(requests), max_batch_size):
+            rows = [self.new_sequence(self.prompt_ids(r), config) for r in requests[start:start + max_batch_size]]
+            self.generate_rows(rows)
+            out += [Response(text=r.text, finish_reason=r.finish_reason, prompt_tokens=len(r.prompt_ids),
+                             completion_tokens=len(r.token_ids)) for r in rows]
+        return out
+
+    def stream(self, request: InferRequest, config: RequestConfig | None = None) -> Iterator[str]:
+        """Yield the answer's text as it is generated (`generate_rows` on a background thread)."""
+        import queue
+
+        pieces: queue.Queue = queue.Queue()
+        row = self.new_sequence(self.prompt_ids(request), config or RequestConfig(),
+                                listener=lambda seq, text, _logprobs: pieces.put(text))
+
+        def work():
+            try:
+                self.generate_rows([row])
+            finally:
+                pieces.put(None)  # the end, after the row's last text (or its failure)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        while (text := pieces.get()) is not None:
+            if text:
+                yield text
+        thread.join()
+        if row.error:
+            raise RuntimeError(f'generation failed: {row.error}')
+
+
+class PtEngine(Engine):
     """transformers generation: batched with left padding, streaming through a background thread."""
 
     def __init__(self, model: str | None, adapters: list | None = None, torch_dtype: str = 'auto',
@@ -59,35 +159,18 @@ class PtEngine:
                  trust_remote_code: bool = False, device: str | None = None, named_adapters: dict | None = None):
         """``adapters`` are applied to the model for every request; ``named_adapters`` ({name: dir}) are loaded side
         by side and chosen per call of `generate_rows`/`embed`/`prompt_logprobs` (the base model when none is)."""
-        from transformers import GenerationConfig
+        from lmforge.models import load_model
 
-        from lmforge.models import load_model, load_tokenizer, resolve_checkpoint
-        from lmforge.templates import apply_template, stop_token_ids
-
-        named_adapters = dict(named_adapters or {})
-        if not model and not adapters and named_adapters:  # the base the first named adapter was trained on
-            import os
-
-            from lmforge.models.loader import _adapter_base
-            model = _adapter_base(os.path.abspath(next(iter(named_adapters.values()))))
-        bundle = resolve_checkpoint(model, adapters, use_hf=use_hf, revision=revision, token=token)
-        self.bundle = bundle
-        self.tokenizer = load_tokenizer(bundle.tokenizer_dir, trust_remote_code)
-        self.template_source = apply_template(self.tokenizer, template)
-        self.system = system
+        named_adapters = self._open_checkpoint(model, adapters, named_adapters, template, system, use_hf, revision,
+                                               token, trust_remote_code)
+        bundle = self.bundle
         self.model = load_model(bundle.base_dir, torch_dtype=torch_dtype, attn_impl=attn_impl, device=device,
                                 trust_remote_code=trust_remote_code, adapters=bundle.adapters)
-        self.adapter_names = list(named_adapters)
         if named_adapters:
             self.model = _load_named_adapters(self.model, named_adapters, merge_first=bool(bundle.adapters))
         self.model.eval()
         self._lock = threading.RLock()  # one generation at a time on the model (adapter switching is global state)
-        self._token_text: dict[int, str] = {}
-        try:  # the checkpoint's own generation config (it carries the template's stop tokens) wins
-            self.generation_config = GenerationConfig.from_pretrained(bundle.tokenizer_dir)
-        except OSError:
-            self.generation_config = self.model.generation_config
-        self.stop_ids = stop_token_ids(self.tokenizer, self.generation_config)
+        self._set_stop_ids(lambda: self.model.generation_config)
 
     @property
     def device(self):
@@ -106,13 +189,6 @@ class PtEngine:
         config = config.get_text_config() if hasattr(config, 'get_text_config') else config
         return config.hidden_size
 
-    def token_text(self, token_id: int) -> str:
-        """The text of one token (as logprobs show it)."""
-        text = self._token_text.get(token_id)
-        if text is None:
-            text = self._token_text[token_id] = self.tokenizer.decode([token_id])
-        return text
-
     @contextlib.contextmanager
     def adapter_scope(self, adapter: str | None):
         """Run with the named adapter active, or with all named adapters off (``None``: the base model)."""
@@ -129,45 +205,57 @@ class PtEngine:
             self.model.set_adapter(adapter)
             yield
 
-    def new_sequence(self, prompt_ids: list[int], config: RequestConfig, listener=None) -> Sequence:
-        return Sequence(prompt_ids, config, self.tokenizer, self.stop_ids, listener)
+    # Continuous batching (`EngineWorker`): a batch pauses after a step (``interrupt``) and its unfinished rows go on
+    # in the next one beside new rows, from prompt + what they generated (re-prefilled: vLLM's "recompute"
+    # preemption), settings, seeded generator and detokenization intact. transformers' own (`generate_batch`, paged
+    # attention) has per request only temperature/top-k/top-p (no seed, penalties, logit bias, top logprobs, stop
+    # strings, adapters) and was slower than `generate` on the CPU (bench/RESULTS.md).
+    supports_interrupt = True
 
-    def generate_rows(self, rows: list[Sequence], adapter: str | None = None) -> None:
+    def generate_rows(self, rows: list[Sequence], adapter: str | None = None,
+                      interrupt: Callable[[int], bool] | None = None) -> list[Sequence]:
         """Generate every row of ``rows`` in one left-padded batch; each row gets its own settings (max tokens,
         greedy or sampled with its own seed, stop strings, penalties, logprobs) and is told its text as it goes.
-        Returns when every row has finished (``row.finish_reason`` set)."""
+        Returns when every row has finished (``row.finish_reason`` set): ``[]``; or, when ``interrupt(active_rows)``
+        returned true after a step, at once with the rows not finished, to be continued by a later call."""
         import torch
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         rows = [r for r in rows if not r.done]
         if not rows:
-            return
+            return []
         with self._lock, self.adapter_scope(adapter):
             pad = self.tokenizer.pad_token_id
-            width = max(len(r.prompt_ids) for r in rows)
-            ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows], device=self.device)
-            mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows],
-                                device=self.device)
+            contexts = [r.prompt_ids + r.token_ids for r in rows]  # a continued row goes on from where it was
+            width = max(map(len, contexts))
+            ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts], device=self.device)
+            mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=self.device)
             # Every sampling/penalty setting is explicit: values left unset would be filled from the model's own
             # generation_config (a Qwen checkpoint's repetition_penalty=1.05, ...), and the rows choose their tokens
             # themselves (`_RowSampler`), so generate must only take the argmax of what they leave.
-            gen = GenerationConfig(max_new_tokens=max(r.config.max_new_tokens for r in rows), do_sample=False,
-                                   num_beams=1, temperature=1.0, top_p=1.0, top_k=50, repetition_penalty=1.0,
-                                   no_repeat_ngram_size=0, min_length=0, eos_token_id=self.stop_ids,
-                                   pad_token_id=pad)
+            gen = GenerationConfig(max_new_tokens=max(r.config.max_new_tokens - len(r.token_ids) for r in rows),
+                                   do_sample=False, num_beams=1, temperature=1.0, top_p=1.0, top_k=50,
+                                   repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0,
+                                   eos_token_id=self.stop_ids, pad_token_id=pad)
+            stopper = _RowStopper(rows, interrupt)
             try:
                 with torch.inference_mode():
+                    sampler = [_RowSampler(rows)] if any(_RowSampler.chooses(r.config) for r in rows) else []
+                    stopper.started = time.perf_counter()
                     self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen,
-                                        logits_processor=LogitsProcessorList([_RowSampler(rows)]),
-                                        stopping_criteria=StoppingCriteriaList([_RowStopper(rows)]))
+                                        logits_processor=LogitsProcessorList(sampler),
+                                        stopping_criteria=StoppingCriteriaList([stopper]))
             except Exception as e:
                 for r in rows:
                     if not r.done:
                         r.fail(f'{type(e).__name__}: {e}')
                 raise
+            if stopper.interrupted:
+                return [r for r in rows if not r.done]
             for r in rows:
                 if not r.done:
                     r.finish('length')
+            return []
 
     def prompt_logprobs(self, prompt_ids: list[int], top_n: int = 0, adapter: str | None = None) -> list:
         """[None, TokenLogprob, ...]: each prompt token's log-probability given the tokens before it (the first has
@@ -221,47 +309,6 @@ class PtEngine:
         decoder = getattr(model, getattr(model, 'base_model_prefix', 'model'), None)
         return decoder if isinstance(decoder, __import__('torch').nn.Module) and decoder is not model else None
 
-    def prompt_ids(self, request: InferRequest) -> list[int]:
-        from lmforge.templates import render_prompt, with_system
-
-        text = render_prompt(self.tokenizer, with_system(request.messages, self.system), tools=request.tools)
-        return self.tokenizer(text, add_special_tokens=False)['input_ids']
-
-    def infer(self, requests: list[InferRequest], config: RequestConfig | None = None,
-              max_batch_size: int = 16) -> list[Response]:
-        """Answer ``requests``, ``max_batch_size`` at a time (one left-padded batch each, `generate_rows`)."""
-        config = config or RequestConfig()
-        out = []
-        for start in range(0, len(requests), max_batch_size):
-            rows = [self.new_sequence(self.prompt_ids(r), config) for r in requests[start:start + max_batch_size]]
-            self.generate_rows(rows)
-            out += [Response(text=r.text, finish_reason=r.finish_reason, prompt_tokens=len(r.prompt_ids),
-                             completion_tokens=len(r.token_ids)) for r in rows]
-        return out
-
-    def stream(self, request: InferRequest, config: RequestConfig | None = None) -> Iterator[str]:
-        """Yield the answer's text as it is generated (`generate_rows` on a background thread)."""
-        import queue
-
-        pieces: queue.Queue = queue.Queue()
-        row = self.new_sequence(self.prompt_ids(request), config or RequestConfig(),
-                                listener=lambda seq, text, _logprobs: pieces.put(text))
-
-        def work():
-            try:
-                self.generate_rows([row])
-            finally:
-                pieces.put(None)  # the end, after the row's last text (or its failure)
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        while (text := pieces.get()) is not None:
-            if text:
-                yield text
-        thread.join()
-        if row.error:
-            raise RuntimeError(f'generation failed: {row.error}')
-
 
 def _load_named_adapters(model, named: dict, merge_first: bool):
     """Load LoRA adapters side by side under their names (PEFT), so that each request can pick one."""
@@ -282,205 +329,3 @@ def _load_named_adapters(model, named: dict, merge_first: bool):
         except (OSError, ValueError) as e:
             raise ModelError(f'could not load the adapter {name}={path}: {e}') from None
     return model
-
-
-@dataclass
-class TokenLogprob:
-    token_id: int
-    logprob: float
-    top: list = field(default_factory=list)  # [(token_id, logprob)], most likely first
-
-
-def _token_logprob(logprobs, token_id: int, top_n: int) -> TokenLogprob:
-    top = []
-    if top_n > 0:
-        values, indices = logprobs.topk(top_n)
-        top = list(zip(indices.tolist(), values.tolist()))
-    return TokenLogprob(token_id, float(logprobs[token_id]), top)
-
-
-class Sequence:
-    """One answer being generated: its prompt, its settings, and what it has produced so far.
-
-    Text is released to ``listener(seq, text, logprobs)`` as tokens arrive, except a tail that could still become one
-    of the stop strings (or an incomplete UTF-8 character); the last call has ``seq.finish_reason`` set. A stop string
-    is cut off and not part of the text, as in OpenAI's API.
-    """
-
-    def __init__(self, prompt_ids: list[int], config: RequestConfig, tokenizer, stop_ids, listener=None):
-        self.prompt_ids = list(prompt_ids)
-        self.config = config
-        self.tokenizer = tokenizer
-        self.stop_ids = set(stop_ids)
-        self.listener: Callable | None = listener
-        self.index = 0  # the choice it answers, for whoever submitted it
-        self.token_ids: list[int] = []  # every generated id, the end-of-turn token included
-        self.text = ''  # released text
-        self.logprobs: list[TokenLogprob] = []  # released tokens' logprobs (config.logprobs)
-        self.finish_reason: str | None = None  # 'stop' | 'length' | 'abort' | 'error'
-        self.error: str | None = None
-        self.cancelled = False
-        self.generator = None  # torch.Generator of a sampled row, made on first use
-        self.pending_logprob: TokenLogprob | None = None  # set by the sampler for the token being chosen
-        self._stops = [s for s in (config.stop or []) if s]
-        self._text_ids: list[int] = []  # generated ids that carry text (the end-of-turn token is not one)
-        self._full = ''  # decoded text so far (cut at a stop string once one appears)
-        self._prefix_off = self._read_off = 0  # incremental detokenization window
-        self._token_ends: list[tuple[int, TokenLogprob]] = []  # (end offset in _full, logprob) of unreleased tokens
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
-    def cancel(self) -> None:
-        """Stop generating this row at the next step (its client went away)."""
-        self.cancelled = True
-
-    def push(self, token_id: int, logprob: TokenLogprob | None = None) -> None:
-        """Take the next generated token."""
-        if self.done:
-            return
-        self.token_ids.append(token_id)
-        if token_id in self.stop_ids:
-            self.finish('stop')
-            return
-        self._text_ids.append(token_id)
-        before = len(self._full)
-        self._decode_step()
-        if logprob is not None:
-            self._token_ends.append((len(self._full), logprob))
-        if self._stops and len(self._full) > before:
-            longest = max(map(len, self._stops))
-            start = max(0, before - longest + 1)
-            hits = [i for i in (self._full.find(s, start) for s in self._stops) if i >= 0]
-            if hits:
-                self._full = self._full[:min(hits)]
-                self.finish('stop')
-                return
-        if len(self.token_ids) >= self.config.max_new_tokens:
-            self.finish('length')
-            return
-        self._release(len(self._full) - self._held_back())
-
-    def finish(self, reason: str) -> None:
-        if self.done:
-            return
-        self.finish_reason = reason
-        self._release(len(self._full), final=True)
-
-    def fail(self, message: str) -> None:
-        self.error = message
-        self.finish('error')
-
-    def _decode_step(self) -> None:
-        decode = self.tokenizer.decode
-        prefix = decode(self._text_ids[self._prefix_off:self._read_off], skip_special_tokens=True)
-        new = decode(self._text_ids[self._prefix_off:], skip_special_tokens=True)
-        if len(new) > len(prefix) and not new.endswith('\ufffd'):
-            self._full += new[len(prefix):]
-            self._prefix_off, self._read_off = self._read_off, len(self._text_ids)
-
-    def _held_back(self) -> int:
-        """Length of the longest tail of the text that is the start of a stop string."""
-        best = 0
-        for s in self._stops:
-            for k in range(min(len(s) - 1, len(self._full)), best, -1):
-                if self._full.endswith(s[:k]):
-                    best = k
-                    break
-        return best
-
-    def _release(self, upto: int, final: bool = False) -> None:
-        delta = self._full[len(self.text):upto] if upto > len(self.text) else ''
-        lps = []
-        while self._token_ends and self._token_ends[0][0] <= upto:
-            lps.append(self._token_ends.pop(0)[1])
-        if final:
-            self._token_ends.clear()
-        self.text += delta
-        self.logprobs += lps
-        if (delta or lps or final) and self.listener is not None:
-            self.listener(self, delta, lps)
-
-
-class _RowSampler:
-    """A logits processor that picks each row's next token by that row's own settings (penalties, logit bias,
-    temperature/top-k/top-p with its own seeded generator) and records its logprob; the chosen token is left as the
-    only one possible, so generate's greedy step takes it. Rows without any of these are left to generate's argmax."""
-
-    def __init__(self, rows: list[Sequence]):
-        self.rows = rows
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        for i, row in enumerate(self.rows):
-            row.pending_logprob = None
-            cfg = row.config
-            if row.done or not (cfg.temperature > 0 or cfg.logprobs or cfg.logit_bias or cfg.presence_penalty
-                                or cfg.frequency_penalty or cfg.repetition_penalty != 1.0):
-                continue
-            raw = scores[i]
-            s = raw.clone()
-            if cfg.logit_bias:
-                for tid, bias in cfg.logit_bias.items():
-                    if 0 <= int(tid) < s.shape[0]:
-                        s[int(tid)] += float(bias)
-            if cfg.repetition_penalty != 1.0:
-                seen = torch.tensor(sorted(set(row.prompt_ids) | set(row.token_ids)), device=s.device)
-                vals = s[seen]
-                s[seen] = torch.where(vals > 0, vals / cfg.repetition_penalty, vals * cfg.repetition_penalty)
-            if (cfg.presence_penalty or cfg.frequency_penalty) and row.token_ids:
-                counts = torch.bincount(torch.tensor(row.token_ids, device=s.device), minlength=s.shape[0])
-                counts = counts[:s.shape[0]].to(s.dtype)
-                s -= cfg.frequency_penalty * counts + cfg.presence_penalty * (counts > 0).to(s.dtype)
-            if cfg.temperature > 0:
-                chosen = self._sample(row, s / cfg.temperature)
-            else:
-                chosen = int(torch.argmax(s))
-            if cfg.logprobs:
-                row.pending_logprob = _token_logprob(torch.log_softmax(raw.float(), dim=-1), chosen,
-                                                     cfg.top_logprobs)
-            scores[i] = float('-inf')
-            scores[i, chosen] = 0.0
-        return scores
-
-    @staticmethod
-    def _sample(row: Sequence, s) -> int:
-        import torch
-
-        cfg = row.config
-        if 0 < cfg.top_k < s.shape[0]:
-            kth = torch.topk(s, cfg.top_k).values[-1]
-            s = s.masked_fill(s < kth, float('-inf'))
-        if cfg.top_p < 1.0:
-            sorted_s, order = torch.sort(s, descending=True)
-            probs = torch.softmax(sorted_s, dim=-1)
-            drop = probs.cumsum(-1) - probs > cfg.top_p  # keep the smallest set whose mass reaches top_p
-            s = s.clone()
-            s[order[drop]] = float('-inf')
-        if row.generator is None:
-            row.generator = torch.Generator(device=s.device)
-            row.generator.manual_seed(cfg.seed if cfg.seed is not None else random.getrandbits(63))
-        return int(torch.multinomial(torch.softmax(s, dim=-1), 1, generator=row.generator))
-
-
-class _RowStopper:
-    """A stopping criterion that hands each row its new token and reports which rows are done (end-of-turn token,
-    stop string, its own max tokens, or cancelled)."""
-
-    def __init__(self, rows: list[Sequence]):
-        self.rows = rows
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        new = input_ids[:, -1].tolist()
-        for row, token in zip(self.rows, new):
-            if row.done:
-                continue
-            if row.cancelled:
-                row.finish('abort')
-                continue
-            row.push(token, row.pending_logprob)
-        return torch.tensor([r.done for r in self.rows], dtype=torch.bool, device=input_ids.device)

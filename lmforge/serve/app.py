@@ -34,7 +34,7 @@ from lmforge.serve.worker import EngineWorker
 def create_app(engine, served_model_name: str | None = None, api_key: str | None = None, max_concurrency: int = 64,
                max_batch_size: int = 16, max_request_bytes: int = 4 << 20, defaults=None,
                max_model_len: int | None = None, embedding_pooling: str = 'mean',
-               jwt_secret: str | None = None) -> FastAPI:
+               jwt_secret: str | None = None, admit_after: int = 16) -> FastAPI:
     """An OpenAI-compatible API over ``engine``.
 
     served_model_name: the name clients pass as ``model`` (default: the model directory's name); the engine's named
@@ -43,6 +43,8 @@ def create_app(engine, served_model_name: str | None = None, api_key: str | None
     jwt_secret: when set, a Bearer JWT signed with it (HS256, with an ``exp`` claim) is accepted too.
     max_concurrency: requests generating or waiting at once; more get 429.
     max_batch_size: rows generated together in one batch.
+    admit_after: continuous batching: requests arriving while a batch generates join it after this many steps
+        (0: they wait for the batch to end). See `EngineWorker`.
     max_request_bytes: largest request body accepted (413 beyond).
     defaults: a `RequestConfig` whose values apply where a request sets none (max_tokens, temperature, top_p, top_k,
         repetition_penalty, stop).
@@ -53,7 +55,7 @@ def create_app(engine, served_model_name: str | None = None, api_key: str | None
 
     state = ServerState(engine, served_model_name or _default_name(engine), api_key, max_concurrency,
                         max_batch_size, max_request_bytes, defaults or RequestConfig(),
-                        max_model_len or getattr(engine, 'max_model_len', None), embedding_pooling)
+                        max_model_len or getattr(engine, 'max_model_len', None), embedding_pooling, admit_after)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -111,7 +113,7 @@ class ServerState:
     """What the routes share: the engine and its worker, names, limits and request defaults."""
 
     def __init__(self, engine, name, api_key, max_concurrency, max_batch_size, max_request_bytes, defaults,
-                 max_model_len, embedding_pooling):
+                 max_model_len, embedding_pooling, admit_after=16):
         self.engine = engine
         self.name = name
         self.adapters = list(getattr(engine, 'adapter_names', []) or [])
@@ -124,7 +126,7 @@ class ServerState:
         self.defaults = defaults
         self.max_model_len = max_model_len
         self.embedding_pooling = embedding_pooling
-        self.worker = EngineWorker(engine, max_batch_size)
+        self.worker = EngineWorker(engine, max_batch_size, admit_after)
         self.in_flight = 0
         self.created = int(time.time())
         self.generations: set = set()

@@ -107,12 +107,18 @@ def chat_prompt(engine, messages: list[dict], tools: list | None) -> list[int]:
         raise ApiError(400, str(e), param='messages', code='template_error') from None
 
 
+def content_logprobs(engine, entries: list) -> list:
+    """The entries of the message's own tokens: the end-of-turn token that ended it is left out (it is no part of
+    ``content``, and OpenAI's chat logprobs cover the content), unlike /v1/completions' legacy logprobs."""
+    return [e for e in entries if e.token_id not in engine.stop_ids]
+
+
 def chat_logprobs(engine, entries: list) -> dict:
     def one(token_id, logprob):
         text = engine.token_text(token_id)
         return {'token': text, 'logprob': logprob, 'bytes': list(text.encode('utf-8'))}
     return {'content': [{**one(e.token_id, e.logprob), 'top_logprobs': [one(t, lp) for t, lp in e.top]}
-                        for e in entries]}
+                        for e in content_logprobs(engine, entries)]}
 
 
 async def chat(state: ServerState, req: ChatCompletionRequest):
@@ -182,6 +188,8 @@ async def chat_stream(state: ServerState, gen: Generation, meta: dict, n_prompt:
                 yield chunk(row.index, {}, 'tool_calls')
                 continue
             delta, lps = row.text, row.logprobs
+        if logprobs:
+            lps = content_logprobs(state.engine, lps)
         if delta or (logprobs and lps):
             yield chunk(row.index, {'content': delta}, lps=chat_logprobs(state.engine, lps) if logprobs else None)
         if finish is not None:

@@ -1,8 +1,11 @@
 """The engine's own thread: requests queue here and run in batches, never on the server's event loop.
 
 Generation requests waiting together are batched (up to ``max_batch_size`` rows, all for the same adapter) and
-generated with left padding by `PtEngine.generate_rows`; a request that arrives while a batch runs joins the next one.
-Other work (embeddings, prompt logprobs) runs as single calls between batches.
+generated with left padding by `PtEngine.generate_rows`. Continuous batching: a request that arrives while a batch
+runs joins it once the batch has run ``admit_after`` steps (and has room): the batch is paused after that step and
+continued with the newcomers, its unfinished rows re-prefilled with what they generated (see `PtEngine`); with
+``admit_after=0``, or an engine that cannot pause, it waits for the batch to end. Other work (embeddings, prompt
+logprobs) runs as single calls between batches, or pauses a batch the same way.
 """
 from __future__ import annotations
 
@@ -35,9 +38,12 @@ class WorkerStopped(RuntimeError):
 
 
 class EngineWorker:
-    def __init__(self, engine, max_batch_size: int = 16):
+    def __init__(self, engine, max_batch_size: int = 16, admit_after: int = 16):
+        if admit_after < 0:
+            raise ValueError(f'admit_after must be >= 0 (0: a batch runs to its end), got {admit_after}')
         self.engine = engine
         self.max_batch_size = max_batch_size
+        self.admit_after = admit_after if getattr(engine, 'supports_interrupt', False) else 0
         self._queue: collections.deque = collections.deque()
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -99,24 +105,69 @@ class EngineWorker:
                     size += len(job.rows)
             return batch
 
+    def _admit(self, adapter: str | None, active: int) -> list:
+        """Without waiting, for a paused batch of ``active`` rows: the calls queued, and the generation jobs for its
+        adapter that fit, in queue order up to the first that does not (or is another adapter's: its turn comes
+        when this batch ends, and nothing queued after it overtakes it)."""
+        with self._cv:
+            taken, size = [], active
+            for job in self._queue:
+                if isinstance(job, CallJob):
+                    taken.append(job)
+                elif job.adapter == adapter and size + len(job.rows) <= self.max_batch_size:
+                    taken.append(job)
+                    size += len(job.rows)
+                else:
+                    break
+            for job in taken:
+                self._queue.remove(job)
+            return taken
+
+    def _interrupter(self, adapter: str | None):
+        """``interrupt(active_rows)`` for `generate_rows`: pause once the batch has run ``admit_after`` steps and the
+        queue's first job is a call, or a generation for this adapter that fits beside the active rows."""
+        steps = 0
+
+        def interrupt(active: int) -> bool:
+            nonlocal steps
+            steps += 1
+            if steps < self.admit_after or not self._queue or self._stopping:
+                return False
+            with self._cv:
+                first = self._queue[0] if self._queue else None
+                if isinstance(first, CallJob):
+                    return True
+                return first is not None and first.adapter == adapter and \
+                    active + len(first.rows) <= self.max_batch_size
+        return interrupt
+
     def _run(self) -> None:
+        carried, adapter = [], None  # the unfinished rows of a paused batch, and their adapter
         while True:
-            jobs = self._next_batch()
-            if not jobs:
-                return
-            if isinstance(jobs[0], CallJob):
-                self._call(jobs[0])
-                continue
-            rows = [r for job in jobs for r in job.rows if not r.done and not r.cancelled]
+            if carried:
+                jobs = self._admit(adapter, len(carried))
+            else:
+                jobs = self._next_batch()
+                if not jobs:
+                    return
+                adapter = jobs[0].adapter if isinstance(jobs[0], GenerateJob) else None
             for job in jobs:
-                for r in job.rows:
-                    if r.cancelled and not r.done:
-                        r.finish('abort')
-            for start in range(0, len(rows), self.max_batch_size):  # one request's n can exceed a batch
+                if isinstance(job, CallJob):
+                    self._call(job)
+            rows = carried + [r for job in jobs if isinstance(job, GenerateJob) for r in job.rows]
+            for r in rows:
+                if r.cancelled and not r.done:
+                    r.finish('abort')
+            rows = [r for r in rows if not r.done]
+            batch, rest = rows[:self.max_batch_size], rows[self.max_batch_size:]  # one request's n can exceed it
+            left = []
+            if batch:
+                kwargs = {'interrupt': self._interrupter(adapter)} if self.admit_after else {}
                 try:
-                    self.engine.generate_rows(rows[start:start + self.max_batch_size], adapter=jobs[0].adapter)
+                    left = self.engine.generate_rows(batch, adapter=adapter, **kwargs) or []
                 except Exception:  # the rows were told (Sequence.fail); keep serving
                     log.exception('generation failed')
+            carried = [r for r in [*left, *rest] if not r.done]
 
     @staticmethod
     def _call(job: CallJob) -> None:

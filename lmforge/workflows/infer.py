@@ -15,11 +15,14 @@ def infer(config: str | None = None, **kwargs) -> list[dict] | None:
 
 
 def make_engine(args):
-    from lmforge.infer.engine import PtEngine
+    """The --infer_backend engine (a missing or unusable one is refused before any model loads)."""
+    from lmforge.infer.backends import make_engine as build
 
-    return PtEngine(args.model, adapters=args.adapters, torch_dtype=args.torch_dtype, attn_impl=args.attn_impl,
-                    template=args.template, system=args.system, use_hf=args.use_hf, revision=args.model_revision,
-                    token=args.hub_token, trust_remote_code=args.trust_remote_code)
+    extra = {} if args.infer_backend == 'pt' else {'engine_kwargs': args.engine_kwargs}
+    return build(args.infer_backend, model=args.model, adapters=args.adapters, torch_dtype=args.torch_dtype,
+                 attn_impl=args.attn_impl, template=args.template, system=args.system, use_hf=args.use_hf,
+                 revision=args.model_revision, token=args.hub_token, trust_remote_code=args.trust_remote_code,
+                 **extra)
 
 
 def request_config(args):
@@ -31,6 +34,9 @@ def request_config(args):
 
 
 def run_infer(args: InferArgs):
+    from lmforge.infer.backends import check_backend
+
+    check_backend(args.infer_backend)  # not installed / no CUDA: said before the data is read or a model loads
     if args.val_dataset:
         return batch_infer(args)
     chat(args)

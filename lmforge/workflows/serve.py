@@ -16,12 +16,16 @@ def serve(config: str | None = None, **kwargs) -> None:
 
 
 def make_engine(args: ServeArgs):
-    from lmforge.infer.engine import PtEngine
+    """The --infer_backend engine (a missing or unusable one is refused before any model loads)."""
+    from lmforge.infer.backends import make_engine as build
 
     plain, named = split_adapters(args.adapters)
-    return PtEngine(args.model, adapters=plain, torch_dtype=args.torch_dtype, attn_impl=args.attn_impl,
-                    template=args.template, system=args.system, use_hf=args.use_hf, revision=args.model_revision,
-                    token=args.hub_token, trust_remote_code=args.trust_remote_code, named_adapters=named)
+    extra = {} if args.infer_backend == 'pt' else {'max_model_len': args.max_model_len,
+                                                     'engine_kwargs': args.engine_kwargs}
+    return build(args.infer_backend, model=args.model, adapters=plain, torch_dtype=args.torch_dtype,
+                 attn_impl=args.attn_impl, template=args.template, system=args.system, use_hf=args.use_hf,
+                 revision=args.model_revision, token=args.hub_token, trust_remote_code=args.trust_remote_code,
+                 named_adapters=named, **extra)
 
 
 def make_app(args: ServeArgs, engine, api_key: str | None):
@@ -32,15 +36,18 @@ def make_app(args: ServeArgs, engine, api_key: str | None):
                              top_k=args.top_k, repetition_penalty=args.repetition_penalty, stop=args.stop_words)
     name = args.served_model_name or args.model or os.path.basename(os.path.normpath(engine.bundle.base_dir))
     return create_app(engine, served_model_name=name, api_key=api_key, max_concurrency=args.max_concurrency,
-                      max_batch_size=args.max_batch_size, max_request_bytes=args.max_request_bytes,
+                      max_batch_size=args.max_batch_size, admit_after=args.admit_after,
+                      max_request_bytes=args.max_request_bytes,
                       defaults=defaults, max_model_len=args.max_model_len,
                       embedding_pooling=args.embedding_pooling,
                       jwt_secret=args.jwt_secret or os.environ.get('LMFORGE_JWT_SECRET') or None), name
 
 
 def run_serve(args: ServeArgs) -> None:
+    from lmforge.infer.backends import check_backend
     from lmforge.serve.server import bind_socket, make_server, url_of
 
+    check_backend(args.infer_backend)  # not installed / no CUDA: said before anything else happens
     api_key = args.api_key or os.environ.get('LMFORGE_API_KEY') or None
     sock = bind_socket(args.host, args.port)  # before loading the model: a busy port fails fast
     port = sock.getsockname()[1]

@@ -35,16 +35,22 @@ class GatedEngine:
         self._engine = engine
         self.gate = threading.Event()
         self.batches: list[int] = []
+        self.events: list[str] = []  # 'generate N' and 'embed', in the order the worker ran them
         self.entered = threading.Event()
 
     def __getattr__(self, name):
         return getattr(self._engine, name)
 
-    def generate_rows(self, rows, adapter=None):
+    def generate_rows(self, rows, adapter=None, **kwargs):
         self.batches.append(len(rows))
+        self.events.append(f'generate {len(rows)}')
         self.entered.set()
         assert self.gate.wait(30), 'test gate never opened'
-        return self._engine.generate_rows(rows, adapter)
+        return self._engine.generate_rows(rows, adapter, **kwargs)
+
+    def embed(self, *args, **kwargs):
+        self.events.append('embed')
+        return self._engine.embed(*args, **kwargs)
 
 
 def wait_for(predicate, timeout: float = 15.0, what: str = 'condition'):

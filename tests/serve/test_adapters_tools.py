@@ -73,6 +73,8 @@ class ScriptedEngine:
     """The real engine (prompts, template, tokenizer), except that every row 'generates' ``script``: the tokens
     go through the same `Sequence` path as generated ones (stop strings, end-of-turn, streaming)."""
 
+    supports_interrupt = False  # each row's script runs at once: no batch to pause
+
     def __init__(self, engine, script: str):
         self._engine = engine
         self.script = script

@@ -1,5 +1,6 @@
 """Concurrency: 429 beyond --max_concurrency, slots freed when a client goes away, requests waiting together batched,
-and a small load of concurrent streams that all end with [DONE]."""
+requests joining a running batch (continuous batching), and a small load of concurrent streams that all end with
+[DONE] (tests/serve/test_load.py has the big one)."""
 from __future__ import annotations
 
 import json
@@ -16,12 +17,13 @@ HI = [{'role': 'user', 'content': 'Last letter: abcd'}]
 
 
 @pytest.fixture
-def gated(engine):
-    """A server whose engine holds every batch until the test opens the gate."""
+def gated(engine, request):
+    """A server whose engine holds every batch until the test opens the gate (``admit_after``: the test's param)."""
     from lmforge.serve import create_app, start_server
 
     gated_engine = GatedEngine(engine)
-    app = create_app(gated_engine, served_model_name=MODEL, max_concurrency=4)
+    app = create_app(gated_engine, served_model_name=MODEL, max_concurrency=4,
+                     admit_after=getattr(request, 'param', 16))
     handle = start_server(app)
     yield handle, gated_engine, app.state.lmforge
     gated_engine.gate.set()
@@ -76,6 +78,33 @@ def test_waiting_requests_are_batched(gated):
     assert len(set(answers)) == 1  # greedy: the same answer alone or in a left-padded batch
 
 
+@pytest.mark.parametrize('gated', [2], indirect=True)
+def test_requests_join_a_running_batch(gated):
+    """Continuous batching: a request and an embedding that arrive while a long answer generates do not wait for
+    it to end: the batch pauses after ``admit_after`` steps (and once that is affordable: a short prompt's prefill
+    is soon paid back), the embedding runs, the request joins the batch, and the long answer is what it is alone."""
+    handle, engine, state = gated
+    client = client_for(handle)
+    eot = engine.tokenizer.convert_tokens_to_ids('<|im_end|>')
+    long = dict(model=MODEL, messages=HI, max_tokens=120, presence_penalty=1.5, logit_bias={str(eot): -100})
+    first = in_background(lambda: client.chat.completions.create(**long))
+    assert engine.entered.wait(15)  # the first batch holds the engine
+    short = in_background(lambda: client.chat.completions.create(model=MODEL, messages=HI, max_tokens=3))
+    wait_for(lambda: state.worker.queued_rows == 1, what='the short request queued')
+    embedding = in_background(lambda: client.embeddings.create(model=MODEL, input='hello'))
+    wait_for(lambda: len(state.worker._queue) == 2, what='the embedding queued')
+    engine.gate.set()
+    for thread, out in (first, short, embedding):
+        thread.join(30)
+        assert 'error' not in out, out
+    assert engine.events == ['generate 1', 'embed', 'generate 2']  # paused once; then the short one joined
+    assert short[1]['result'].usage.completion_tokens == 3
+    answer = first[1]['result'].choices[0]
+    assert answer.finish_reason == 'length' and first[1]['result'].usage.completion_tokens == 120
+    assert client.chat.completions.create(**long).choices[0].message.content == answer.message.content
+    assert engine.events[-1] == 'generate 1'
+
+
 def test_a_client_that_goes_away_frees_its_slot(gated):
     handle, engine, state = gated
     body = {'model': MODEL, 'messages': HI, 'max_tokens': 50, 'stream': True}
@@ -120,13 +149,13 @@ class FailingEngine:
     def __getattr__(self, name):
         return getattr(self._engine, name)
 
-    def generate_rows(self, rows, adapter=None):
+    def generate_rows(self, rows, adapter=None, **kwargs):
         if self.failures:
             self.failures -= 1
             for row in rows:
                 row.fail('RuntimeError: out of memory')
             raise RuntimeError('out of memory')
-        return self._engine.generate_rows(rows, adapter)
+        return self._engine.generate_rows(rows, adapter, **kwargs)
 
 
 def test_an_engine_failure_is_a_500_and_the_server_goes_on(engine):

@@ -175,3 +175,45 @@ def test_embeddings(client, engine):
     with torch.no_grad():  # mean over tokens of the final-normed last hidden state
         expected = engine.model.model(torch.tensor([ids])).last_hidden_state[0].mean(0).tolist()
     assert as_float.data[0].embedding == pytest.approx(expected, abs=1e-4)
+
+
+def test_echo_logprobs_include_the_end_of_turn_token(client, engine):
+    """The generated token is always in ``logprobs``, the end-of-turn token included (as vLLM and OpenAI do; only
+    the text leaves it out): lm-eval's loglikelihood reads ``token_logprobs[ctxlen:-1]`` after echo + max_tokens=1."""
+    import torch
+
+    eot = engine.tokenizer.convert_tokens_to_ids('<|im_end|>')
+    ids = engine.tokenizer('The quick brown fox')['input_ids']
+    with torch.no_grad():
+        expected = engine.model(torch.tensor([ids])).logits[0, -1].log_softmax(-1)[eot].item()
+    for stream in (False, True):
+        r = client.completions.create(model=MODEL, prompt=ids, max_tokens=1, echo=True, logprobs=2, temperature=0,
+                                      logit_bias={str(eot): 100}, stream=stream)  # the bias makes it stop at once
+        chunks = list(r) if stream else [r]
+        tokens, lps, offsets = [], [], []
+        for c in chunks:
+            if c.choices[0].logprobs:
+                tokens += c.choices[0].logprobs.tokens
+                lps += c.choices[0].logprobs.token_logprobs
+                offsets += c.choices[0].logprobs.text_offset
+        text = ''.join(c.choices[0].text for c in chunks)
+        assert chunks[-1].choices[0].finish_reason == 'stop' and text == engine.tokenizer.decode(ids)
+        assert len(lps) == len(ids) + 1 and tokens[-1] == '<|im_end|>'
+        assert lps[-1] == pytest.approx(expected, abs=1e-4)  # the model's own logprob (logit_bias only chose it)
+        assert offsets[-1] == len(text)
+    full = client.completions.create(model=MODEL, prompt=ids, max_tokens=8, temperature=0, **VARIED).choices[0].text
+    stop = full[3:5]  # cut inside the text: the stop string's own tokens still have their entries
+    for stream in (False, True):
+        r = client.completions.create(model=MODEL, prompt=ids, max_tokens=8, logprobs=0, stop=stop, stream=stream,
+                                      temperature=0, **VARIED, **({'stream_options': {'include_usage': True}}
+                                                                  if stream else {}))
+        chunks = list(r) if stream else [r]
+        tokens = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+        assert ''.join(c.choices[0].text for c in chunks if c.choices) == full[:full.index(stop)]
+        assert len(tokens) == chunks[-1].usage.completion_tokens and ''.join(tokens).startswith(full[:5])
+    chat = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=3, logprobs=True,
+                                          logit_bias={str(eot): 100})
+    assert chat.choices[0].finish_reason == 'stop' and chat.choices[0].logprobs.content == []  # chat: content only
+    chunks = list(client.chat.completions.create(model=MODEL, messages=HI, max_tokens=3, logprobs=True, stream=True,
+                                                 logit_bias={str(eot): 100}))
+    assert not any(c.choices[0].logprobs and c.choices[0].logprobs.content for c in chunks)
