@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         from lmforge.args import parse_args
         args = parse_args(_load(args_spec), rest, prog=f'lmforge {command}')
         from lmforge.train.distributed import relaunch
-        code = relaunch(command, rest)  # NPROC_PER_NODE / NNODES: the same command under torchrun
+        code = relaunch(command, rest, args)  # NPROC_PER_NODE / NNODES: the same command under torchrun
         if code is not None:
             return code
         _load(func_spec)(args)
