@@ -15,7 +15,9 @@ What is timed, in a fresh process per run, from the jsonl file to token ids and 
 processes each, every cache off (each framework's own `datasets` cache or lmforge's data cache is written to a fresh
 temporary folder and never read):
   lmforge        `lmforge.data.dataset.encode_specs` (the training path: read, detect the format, validate every
-                 row, encode through the model's chat template, write lmforge's data cache)
+                 row, encode through the model's chat template, write lmforge's data cache). Its one process uses
+                 more than one core: the Rust tokenizer encodes a chunk of rows in its own threads while Python
+                 validates and renders the next chunk, so compare rows/CPU-s too
   ms-swift       `swift.dataset.load_dataset` (row preprocessing to messages) + `EncodePreprocessor(template)`
                  (template.encode of every row), template qwen2_5: what `swift sft` runs before training
   LLaMA-Factory  `llamafactory.data.get_dataset(..., stage='sft')` (load, align the sharegpt columns, supervised

@@ -12,6 +12,9 @@ from lmforge.errors import ArgumentError
 RLHF_TYPES = ('dpo', 'orpo', 'simpo', 'cpo', 'kto', 'rm', 'ppo', 'grpo', 'gkd')
 PAIRED = ('dpo', 'orpo', 'simpo', 'cpo', 'rm')   # trained on chosen/rejected pairs
 ONLINE = ('ppo', 'grpo', 'gkd')                  # generate during training
+# --streaming: TRL 1.16's experimental ORPO/CPO trainers map their dataset with num_proc, which a datasets
+# IterableDataset does not take; the other trainers read a stream.
+NO_STREAMING = ('orpo', 'simpo', 'cpo')
 LOSS_TYPES = {
     'dpo': ('sigmoid', 'hinge', 'ipo', 'exo_pair', 'nca_pair', 'robust', 'bco_pair', 'sppo_hard', 'aot',
             'aot_unpaired', 'apo_zero', 'apo_down', 'discopop', 'sft', 'sigmoid_norm'),
@@ -116,6 +119,11 @@ class RlhfArgs(SftArgs):
         kind = self.rlhf_type
         if self.packing:
             raise ArgumentError('packing', 'is not supported by rlhf: pairs and rollouts are batched with padding')
+        if self.streaming and kind in NO_STREAMING:
+            trainer = 'ORPOTrainer' if kind == 'orpo' else 'CPOTrainer'
+            raise ArgumentError('streaming', f'is not supported with --rlhf_type {kind}: TRL\'s {trainer} prepares '
+                                             'its whole dataset up front. Drop --streaming, or use --rlhf_type dpo, '
+                                             'which streams')
         if self.beta is not None and (self.beta < 0 or (self.beta == 0 and kind not in ('grpo', 'gkd'))):
             raise ArgumentError('beta', f'must be positive for {kind}, got {self.beta}')
         if self.loss_type:

@@ -20,6 +20,11 @@ REFT_UNAVAILABLE = ('reft is not available: pyreft (0.1.0, its only release) pin
                     'of lmforge runs on. Use --tuner_type lora (or adapter) instead.')
 TRUNCATION = ('delete', 'left', 'right')
 LOSS_SCALES = ('default', 'last_round', 'all', 'ignore_empty_think')
+# mixing several --dataset values (lmforge.data.mixing): ms-swift's stopping strategies, LLaMA-Factory's mix strategies
+STOPPING_STRATEGIES = ('first_exhausted', 'all_exhausted', 'all_exhausted_without_replacement')
+MIX_STRATEGIES = {'concat': None, 'interleave_under': 'first_exhausted', 'interleave_over': 'all_exhausted',
+                  'interleave_once': 'all_exhausted_without_replacement'}
+GENERATE_METRICS = ('exact_match', 'bleu', 'rouge_l')  # what --predict_with_generate logs (lmforge.eval.custom)
 SCHEDULERS = ('linear', 'cosine', 'cosine_with_restarts', 'polynomial', 'constant', 'constant_with_warmup',
               'inverse_sqrt', 'reduce_lr_on_plateau', 'cosine_with_min_lr', 'warmup_stable_decay')
 
@@ -41,17 +46,33 @@ class DataArgs:
                                              'default: on where the attention supports it')
     streaming: bool = arg(False, 'read, shuffle and encode the data while training instead of up front (corpora '
                                  'that do not fit in memory); needs --max_steps')
-    shuffle_buffer_size: int = arg(1000, 'rows in the shuffle buffer of --streaming')
+    shuffle_buffer_size: int = arg(1000, 'samples in the shuffle buffer of --streaming')
     dataset_shuffle: bool = arg(True, 'shuffle the rows of --streaming data (in the buffer)')
     custom_dataset_info: list[str] = arg(help='JSON/YAML files registering more named datasets (ms-swift or '
                                               'LLaMA-Factory format)', factory=list)
     strict: bool = arg(False, 'stop at the first invalid row instead of skipping invalid rows')
     load_from_cache_file: bool = arg(True, 'reuse encoded datasets cached on disk ($LMFORGE_DATA_CACHE, default '
                                            '~/.cache/lmforge/datasets); false re-encodes')
+    interleave_prob: list[float] = arg(help='interleave the samples of several --dataset values instead of '
+                                            'concatenating them, drawing each next sample from dataset i with '
+                                            'probability P_i (one per --dataset, normalised; seeded) - ms-swift\'s '
+                                            'flag, LLaMA-Factory\'s interleave_probs', factory=list)
+    stopping_strategy: Optional[str] = arg(None, 'interleaving several --dataset values: stop when one is exhausted '
+                                                 '(first_exhausted: undersampling, the default with '
+                                                 '--interleave_prob), when every one has been given in full, '
+                                                 'restarting the exhausted ones (all_exhausted: oversampling), or '
+                                                 'give every sample once (all_exhausted_without_replacement). Alone '
+                                                 '(no --interleave_prob) the datasets take turns',
+                                           choices=STOPPING_STRATEGIES)
+    mix_strategy: Optional[str] = arg(None, 'LLaMA-Factory\'s name for the same choice: concat (the default), '
+                                            'interleave_under (= --stopping_strategy first_exhausted), '
+                                            'interleave_over (= all_exhausted), interleave_once (= '
+                                            'all_exhausted_without_replacement)', choices=tuple(MIX_STRATEGIES))
 
     def validate_data(self):
         if self.shuffle_buffer_size <= 0:
             raise ArgumentError('shuffle_buffer_size', f'must be positive, got {self.shuffle_buffer_size}')
+        self.validate_mixing()
         if self.streaming:
             if getattr(self, 'max_steps', 1) <= 0:
                 raise ArgumentError('max_steps', 'is required with --streaming: a stream has no length, so the run '
@@ -59,6 +80,26 @@ class DataArgs:
             if self.split_dataset_ratio > 0:
                 raise ArgumentError('split_dataset_ratio', 'cannot hold rows out of a stream; pass --val_dataset '
                                                            'with --streaming')
+
+    def validate_mixing(self):
+        probs = self.interleave_prob
+        if probs:
+            if len(probs) != len(self.dataset):
+                raise ArgumentError('interleave_prob', f'gives {len(probs)} probabilities for {len(self.dataset)} '
+                                                       '--dataset values: give one per dataset, in the same order')
+            bad = [p for p in probs if not p > 0]
+            if bad:
+                raise ArgumentError('interleave_prob', f'must be positive, got {bad[0]} (drop a dataset instead of '
+                                                       'giving it 0)')
+        if self.mix_strategy == 'concat' and (probs or self.stopping_strategy):
+            flag = 'interleave_prob' if probs else 'stopping_strategy'
+            raise ArgumentError(flag, 'interleaves the datasets, but --mix_strategy concat concatenates them: drop '
+                                      'one of the two')
+        implied = MIX_STRATEGIES.get(self.mix_strategy)
+        if implied and self.stopping_strategy and self.stopping_strategy != implied:
+            raise ArgumentError('stopping_strategy', f'{self.stopping_strategy} contradicts --mix_strategy '
+                                                     f'{self.mix_strategy} (which stops at {implied}): give one '
+                                                     'of the two')
 
 
 @dataclass
@@ -231,6 +272,12 @@ class TrainArgs:
     save_steps: int = arg(500, 'save a checkpoint every N steps (and at the end)')
     save_total_limit: Optional[int] = arg(None, 'keep at most N checkpoints (oldest removed)')
     eval_steps: Optional[int] = arg(None, 'evaluate every N steps; default --save_steps')
+    metric_for_best_model: Optional[str] = arg(None, 'evaluation metric that picks the best checkpoint (recorded in '
+                                                     'trainer_state.json, never removed by --save_total_limit): '
+                                                     'loss, or with --predict_with_generate exact_match | bleu | '
+                                                     'rouge_l')
+    greater_is_better: Optional[bool] = arg(None, 'whether a larger --metric_for_best_model is better; default: '
+                                                  'false for loss, true otherwise')
     logging_steps: int = arg(5, 'log metrics every N steps')
     seed: int = arg(42, 'random seed of model init, data order and dropout')
     data_seed: Optional[int] = arg(None, 'seed of the data order; default --seed')
@@ -273,6 +320,14 @@ class SftArgs(DistributedArgs, TrainArgs, TunerArgs, DataArgs, TemplateArgs, Mod
     loss_scale: str = arg('default', 'which assistant turns train: default/all = every assistant turn, last_round = '
                                      'the last one, ignore_empty_think = skip empty <think></think> blocks',
                           choices=LOSS_SCALES)
+    # ---- generation metrics during training (ms-swift's --predict_with_generate)
+    predict_with_generate: bool = arg(False, 'at each evaluation, also answer the validation samples (greedy, prompted '
+                                             'as `lmforge infer` prompts) and log exact match, BLEU and ROUGE-L as '
+                                             'eval_exact_match, eval_bleu, eval_rouge_l; the answers of the latest '
+                                             'evaluation go to OUTPUT_DIR/predictions.jsonl')
+    max_new_tokens: int = arg(512, '--predict_with_generate: most tokens generated per answer')
+    eval_generate_limit: Optional[int] = arg(None, '--predict_with_generate: answer only the first N validation '
+                                                   'samples at each evaluation; default all of them')
 
     def validate(self):
         self.validate_model()
@@ -296,12 +351,58 @@ class SftArgs(DistributedArgs, TrainArgs, TunerArgs, DataArgs, TemplateArgs, Mod
         self.validate_tuner()
         self.validate_train()
         self.validate_distributed()
+        self.validate_generate()
+
+    def validate_generate(self):
+        """--predict_with_generate and --metric_for_best_model need validation data to evaluate on."""
+        has_val = bool(self.val_dataset) or self.split_dataset_ratio > 0
+        if self.predict_with_generate:
+            if self.command != 'sft':
+                raise ArgumentError('predict_with_generate', f'answers chat validation rows: it is for lmforge sft, '
+                                                             f'not lmforge {self.command}')
+            if not has_val:
+                raise ArgumentError('predict_with_generate', 'needs validation data to answer: pass --val_dataset '
+                                                             'FILE or --split_dataset_ratio (e.g. 0.05)')
+            sharded = self.fsdp or self.deepspeed in ('zero3', 'zero3_offload') or _zero3_file(self.deepspeed)
+            if sharded:
+                flag = 'fsdp' if self.fsdp else 'deepspeed'
+                raise ArgumentError(flag, 'shards the weights across processes, which --predict_with_generate does '
+                                          'not generate with; evaluate the checkpoints with `lmforge eval` instead')
+        if self.max_new_tokens <= 0:
+            raise ArgumentError('max_new_tokens', f'must be positive, got {self.max_new_tokens}')
+        if self.eval_generate_limit is not None and self.eval_generate_limit <= 0:
+            raise ArgumentError('eval_generate_limit', f'must be positive, got {self.eval_generate_limit}')
+        if self.metric_for_best_model and self.command in ('sft', 'pt'):
+            metric = self.metric_for_best_model.removeprefix('eval_')
+            if not has_val:
+                raise ArgumentError('metric_for_best_model', 'needs validation data: pass --val_dataset FILE or '
+                                                             '--split_dataset_ratio')
+            allowed = ('loss',) + (GENERATE_METRICS if self.predict_with_generate else ())
+            if metric not in allowed:
+                extra = '' if self.predict_with_generate else \
+                    f' ({", ".join(GENERATE_METRICS)} need --predict_with_generate true)'
+                raise ArgumentError('metric_for_best_model', f'{self.metric_for_best_model!r} is not an evaluation '
+                                                             f'metric of this run; choose {" | ".join(allowed)}{extra}')
 
     @property
     def lr(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
         return 1e-5 if self.tuner_type == 'full' else 1e-4
+
+
+def _zero3_file(path: str | None) -> bool:
+    """Whether a DeepSpeed JSON config shards the weights (ZeRO stage 3)."""
+    import json
+    import os
+
+    if not path or not os.path.isfile(path):
+        return False
+    try:
+        with open(path, encoding='utf-8') as f:
+            return int((json.load(f).get('zero_optimization') or {}).get('stage', 0)) == 3
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False  # validate_distributed / DeepSpeed report an unreadable config
 
 
 @dataclass

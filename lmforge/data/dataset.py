@@ -25,7 +25,7 @@ from lmforge.data.readers import Row, iter_rows, read_dataset
 from lmforge.data.store import TokenStore
 from lmforge.errors import DataError, TemplateError
 from lmforge.templates import IGNORE_INDEX, with_system
-from lmforge.templates.encode import render_samples, tokenize_spans_batch
+from lmforge.templates.encode import batch_encoder, render_samples, tokenize_spans_batch
 
 MAX_SHOWN = 5
 CHUNK = 256  # rows per task of the worker pool (and per progress-bar update)
@@ -152,8 +152,33 @@ def _encode_chunks(rows, job: EncodeJob, num_proc: int, total: int | None):
         with mp.get_context('fork').Pool(num_proc, initializer=_init_worker, initargs=(job,)) as pool:
             yield from pool.imap(_encode_in_worker, chunks)
     else:
+        yield from _pipelined(chunks, job)
+
+
+def _pipelined(chunks, job: EncodeJob):
+    """`encode_chunk` of each chunk, the Rust tokenizer encoding one chunk in a second thread (it releases the GIL)
+    while this one validates and renders the next: the two halves of the work overlap. The same results, in order."""
+    encode = batch_encoder(job.tokenizer)
+    if encode is None:
         for chunk in chunks:
             yield encode_chunk(chunk, job)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    def finish(prepared, items, future):
+        encodings = future.result() if future is not None else []
+        return _finish_chunk(prepared, tokenize_spans_batch(job.tokenizer, items, encodings), job)
+
+    with ThreadPoolExecutor(1, thread_name_prefix='lmforge-tokenize') as pool:
+        pending = None
+        for chunk in chunks:
+            prepared, items = _prepare_chunk(chunk, job)
+            future = pool.submit(encode, [text for text, _ in items]) if items else None
+            if pending is not None:
+                yield finish(*pending)
+            pending = prepared, items, future
+        if pending is not None:
+            yield finish(*pending)
 
 
 _JOB: EncodeJob | None = None
@@ -177,9 +202,19 @@ def encode_one(row: Row, job: EncodeJob) -> tuple:
 
 def encode_chunk(rows: list[Row], job: EncodeJob) -> list[tuple]:
     """`encode_one` of every row, the texts of all of them tokenized in one batch."""
+    prepared, items = _prepare_chunk(rows, job)
+    return _finish_chunk(prepared, tokenize_spans_batch(job.tokenizer, items) if items else [], job)
+
+
+def _prepare_chunk(rows: list[Row], job: EncodeJob) -> tuple[list, list]:
+    """Every row validated and rendered: (`_prepare` of each, the ``(text, spans)`` to tokenize)."""
     prepared = [_prepare(row, job) for row in rows]
-    items = [item for p in prepared if p[0] == 'texts' for item in p[1]]
-    samples = iter(tokenize_spans_batch(job.tokenizer, items)) if items else iter(())
+    return prepared, [item for p in prepared if p[0] == 'texts' for item in p[1]]
+
+
+def _finish_chunk(prepared: list, samples: list, job: EncodeJob) -> list[tuple]:
+    """The outcome of each row, given the tokenized ``samples`` of its texts (in order)."""
+    samples = iter(samples)
     out = []
     for p in prepared:
         if p[0] != 'texts':
@@ -265,14 +300,16 @@ def _collect(outcome: tuple, report: DataReport, samples: list, strict: bool) ->
 def encode_specs(specs: list[str], tokenizer, mode: str, *, max_length: int, truncation_strategy: str,
                  loss_scale: str = 'default', system: str | None = None, columns: dict | None = None,
                  num_proc: int = 1, strict: bool = False, seed: int = 42, use_hf: bool | None = None,
-                 load_from_cache_file: bool = True, log=print, desc: str = 'train data'
+                 load_from_cache_file: bool = True, log=print, desc: str = 'train data', mix=None
                  ) -> tuple[list[dict], DataReport]:
-    """Encode each spec, through the on-disk cache; one merged report."""
+    """Encode each spec, through the on-disk cache; one merged report. The specs' samples are concatenated, or
+    mixed as ``mix`` says (`lmforge.data.mixing.Mix`: interleaved, seeded by ``seed``)."""
     from lmforge.data import cache
+    from lmforge.data.mixing import Mix, mix_samples
 
     options = dict(mode=mode, max_length=max_length, truncation_strategy=truncation_strategy,
                    loss_scale=loss_scale, system=system, columns=columns, seed=seed)
-    samples, report = None, DataReport()
+    parts, report = [], DataReport()
     for spec in specs:
         key = cache.cache_key(spec, tokenizer, options, use_hf)
         hit = cache.load(key) if key and load_from_cache_file else None
@@ -290,8 +327,13 @@ def encode_specs(specs: list[str], tokenizer, mode: str, *, max_length: int, tru
                 raise DataError(f'--dataset {spec}: no rows (the file is empty)')
             if key:
                 cache.save(key, got, part)
-        samples = got if samples is None else samples.concat(got)
+        parts.append(got)
         report.merge(part)
+    mix = mix or Mix()
+    samples = mix_samples(parts, specs, mix, seed)
+    if mix.interleaved and len(parts) > 1:
+        counts = ', '.join(f'{spec}: {len(p)}' for spec, p in zip(specs, parts))
+        log(f'mixing: {mix.describe(len(parts))}; {len(samples)} samples from {counts}')
     return samples, report
 
 
@@ -367,15 +409,22 @@ def with_validation(train, encode_val, args, seed: int, log=print) -> tuple:
     return train, val
 
 
-def build_datasets(args, tokenizer, mode: str, log=print) -> tuple:
-    """Train and validation samples for ``args`` (SftArgs/PtArgs); raises before any model is loaded when the
-    data is unusable. With ``--streaming`` the train set is a `StreamingDataset` (an iterable), checked on its first
-    rows here."""
+def register_custom_datasets(args, log=print) -> None:
+    """--custom_dataset_info: register the named datasets of each file (before any --dataset is resolved)."""
     from lmforge.data.registry import load_custom_dataset_info
 
     for path in getattr(args, 'custom_dataset_info', None) or []:
         added = load_custom_dataset_info(path)
         log(f'--custom_dataset_info {path}: {len(added)} datasets registered ({", ".join(e.name for e in added)})')
+
+
+def build_datasets(args, tokenizer, mode: str, log=print) -> tuple:
+    """Train and validation samples for ``args`` (SftArgs/PtArgs); raises before any model is loaded when the
+    data is unusable. With ``--streaming`` the train set is a `StreamingDataset` (an iterable), checked on its first
+    rows here."""
+    from lmforge.data.mixing import mix_of
+
+    register_custom_datasets(args, log)
     seed = args.data_seed if args.data_seed is not None else args.seed
     opts = dict(max_length=args.max_length, truncation_strategy=args.truncation_strategy,
                 loss_scale=getattr(args, 'loss_scale', 'default'), system=args.system, columns=args.columns,
@@ -384,7 +433,7 @@ def build_datasets(args, tokenizer, mode: str, log=print) -> tuple:
                 load_from_cache_file=getattr(args, 'load_from_cache_file', True))
     if getattr(args, 'streaming', False):
         return _build_streaming(args, tokenizer, mode, seed, opts, log)
-    train, report = encode_specs(args.dataset, tokenizer, mode, log=log, **opts)
+    train, report = encode_specs(args.dataset, tokenizer, mode, log=log, mix=mix_of(args), **opts)
     for line in report.lines('train data', args.max_length, args.truncation_strategy):
         log(line)
     if not train:
@@ -407,6 +456,7 @@ def _no_samples(args, report: DataReport) -> DataError:
 
 
 def _build_streaming(args, tokenizer, mode, seed, opts, log):
+    from lmforge.data.mixing import mix_of
     from lmforge.data.streaming import StreamingDataset
 
     train = StreamingDataset(args.dataset, tokenizer, mode, max_length=args.max_length,
@@ -414,12 +464,13 @@ def _build_streaming(args, tokenizer, mode, seed, opts, log):
                              system=args.system, columns=args.columns, strict=opts['strict'], seed=seed,
                              shuffle=getattr(args, 'dataset_shuffle', True),
                              buffer_size=getattr(args, 'shuffle_buffer_size', 1000),
-                             packing=args.packing, use_hf=opts['use_hf'], log=log)
+                             packing=args.packing, use_hf=opts['use_hf'], mix=mix_of(args), log=log)
     report = train.check_start()
     for line in report.lines('train data (streaming, first rows)', args.max_length, args.truncation_strategy):
         log(line)
-    log(f'streaming: rows are read, shuffled in a buffer of {train.buffer_size} and encoded while training '
-        f'(--max_steps {args.max_steps})' + ('; packed on the fly' if args.packing else ''))
+    log(f'streaming: rows are read, encoded and shuffled in a buffer of {train.buffer_size} while training '
+        f'(--max_steps {args.max_steps})' + ('; packed on the fly' if args.packing else '') +
+        (f'; {train.mix.describe(len(args.dataset))}' if train.mix.interleaved and len(args.dataset) > 1 else ''))
     val = []
     if args.val_dataset:
         opts = {k: v for k, v in opts.items()}

@@ -30,8 +30,11 @@ class TokenStore:
     def append(self, sample: dict) -> None:
         if self.position_ids is None and 'position_ids' in sample and len(self) == 0:
             self.position_ids = array('i')
-        self.ids.extend(sample['input_ids'])
-        self.labels.extend(sample['labels'])
+        for column, values in ((self.ids, sample['input_ids']), (self.labels, sample['labels'])):
+            if type(values) is list:
+                column.fromlist(values)  # about twice as fast as extend
+            else:
+                column.extend(values)
         if self.position_ids is not None:
             self.position_ids.extend(sample.get('position_ids') or range(len(sample['input_ids'])))
         self.offsets.append(len(self.ids))

@@ -177,16 +177,25 @@ def score_mc(items: list[Item], responses: list[str]) -> tuple[dict, list[dict]]
     return {'accuracy': correct / n, 'unanswered': unparsed / n}, rows
 
 
-def score_qa(items: list[Item], responses: list[str]) -> tuple[dict, list[dict]]:
+def score_answers(responses: list[str], references: list[str]) -> tuple[dict, list[dict]]:
+    """The open-QA metrics of answers against their references: ``({exact_match, bleu, rouge_l}, [per answer])``.
+    Exact match and ROUGE-L are means over the answers (0-1), BLEU is corpus BLEU (0-100). Also what
+    ``--predict_with_generate`` logs during training (lmforge.train.generate_eval)."""
     from lmforge.eval import metrics
 
-    rows = []
-    for item, response in zip(items, responses):
-        rows.append({'where': item.where, 'prompt': item.messages[-1]['content'], 'response': response,
-                     'reference': item.reference, 'exact_match': metrics.exact_match(response, item.reference),
-                     'bleu': metrics.sentence_bleu(response, item.reference),
-                     'rouge_l': metrics.rouge_l(response, item.reference)})
-    n = len(rows)
-    return {'exact_match': sum(r['exact_match'] for r in rows) / n,
-            'bleu': metrics.bleu(responses, [i.reference for i in items]),
-            'rouge_l': sum(r['rouge_l'] for r in rows) / n}, rows
+    if not responses:
+        raise ValueError('no answers to score')
+    scores = [{'exact_match': metrics.exact_match(response, reference),
+               'bleu': metrics.sentence_bleu(response, reference),
+               'rouge_l': metrics.rouge_l(response, reference)} for response, reference in zip(responses, references)]
+    n = len(scores)
+    return {'exact_match': sum(s['exact_match'] for s in scores) / n,
+            'bleu': metrics.bleu(responses, references),
+            'rouge_l': sum(s['rouge_l'] for s in scores) / n}, scores
+
+
+def score_qa(items: list[Item], responses: list[str]) -> tuple[dict, list[dict]]:
+    summary, scores = score_answers(responses, [i.reference for i in items])
+    rows = [{'where': item.where, 'prompt': item.messages[-1]['content'], 'response': response,
+             'reference': item.reference, **score} for item, response, score in zip(items, responses, scores)]
+    return summary, rows

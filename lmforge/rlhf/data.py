@@ -9,14 +9,22 @@ nothing after). The TRL trainers get these pre-tokenized rows (`lmforge.rlhf.tra
 Kinds of data: ``pair`` (dpo, orpo, simpo, cpo, rm) -> prompt_ids, chosen_ids, rejected_ids; ``kto`` ->
 prompt_ids, completion_ids, label; ``prompt`` (grpo, ppo) -> prompt (messages), prompt_ids and the row's other
 columns; ``sft`` (gkd) -> input_ids, labels, prompt_ids. Bad rows are skipped and reported as ``file:row: field:
-problem``; when none is usable, a `DataError` says why before any model is loaded.
+problem`` (``--strict``: the first one stops the run); when none is usable, a `DataError` says why before any model is
+loaded.
+
+The data flags work as for `lmforge sft`: ``--custom_dataset_info`` registers names usable in ``--dataset``, several
+datasets are concatenated or interleaved (``--interleave_prob``, `lmforge.data.mixing`), and ``--streaming`` encodes
+rows while training (`RlhfStream`; the trainers that cannot take a stream are refused by `lmforge.args.rlhf`).
 """
 from __future__ import annotations
 
+import itertools
 import random
 
-from lmforge.data.dataset import DataReport, encode_rows, load_rows, with_validation
+from lmforge.data.dataset import DataReport, encode_rows, load_rows, register_custom_datasets, with_validation
 from lmforge.data.formats import RowError, rename_columns
+from lmforge.data.mixing import Mix, mix_of, mix_samples
+from lmforge.data.streaming import StreamingDataset
 from lmforge.data.preference import normalize_kto, normalize_pair, normalize_prompt
 from lmforge.errors import DataError, TemplateError
 from lmforge.templates import IGNORE_INDEX, encode_chat, render_prompt, with_system
@@ -89,68 +97,150 @@ def _fit(sample: dict, kind: str, max_length: int, strategy: str) -> dict | None
     return None
 
 
+def _encode_row(row, tokenizer, kind: str, args) -> list[dict]:
+    """The encoded samples of one valid row; raises `RowError`/`TemplateError` for an invalid one."""
+    data = rename_columns(row.data, args.columns)
+    if kind == 'pair':
+        items = [normalize_pair(data, args.rlhf_type)]
+    elif kind == 'kto':
+        items = normalize_kto(data)
+    else:
+        items = [normalize_prompt(data)]
+    encode = {'pair': encode_pair, 'kto': encode_kto, 'prompt': encode_prompt}[kind]
+    for item in items:
+        item['prompt'] = with_system(item['prompt'], args.system)
+    return [encode(tokenizer, item) for item in items]
+
+
+def collect_row(row, tokenizer, kind: str, args, report: DataReport, samples: list) -> None:
+    """Encode one row into ``samples`` (truncated per --max_length / --truncation_strategy) and count it in
+    ``report``; an invalid row is listed as 'file:row: field: problem', or raises `DataError` with --strict."""
+    try:
+        encoded = _encode_row(row, tokenizer, kind, args)
+    except (RowError, TemplateError) as e:
+        problem = f'{row.where}: {e.field}: {e.problem}' if isinstance(e, RowError) else f'{row.where}: messages: {e}'
+        if getattr(args, 'strict', False):
+            raise DataError(f'invalid row (--strict): {problem}') from None
+        report.invalid.append(problem)
+        return
+    # grpo: TRL renders the prompt messages again, so a prompt that is too long can only be left out
+    strategy = 'delete' if args.rlhf_type == 'grpo' else args.truncation_strategy
+    fitted = [_fit(s, kind, args.max_length, strategy) for s in encoded]
+    if any(f is not s for f, s in zip(fitted, encoded)):
+        report.too_long += 1
+    for s in fitted:
+        if s is None:
+            continue
+        report.samples += 1
+        answers = [k for k in ('chosen_ids', 'rejected_ids', 'completion_ids') if k in s]
+        report.tokens += len(s['prompt_ids']) + sum(len(s[k]) for k in answers)
+        report.trained_tokens += sum(len(s[k]) for k in answers)
+        samples.append(s)
+
+
 def encode_rlhf_rows(rows, tokenizer, kind: str, args) -> tuple[list[dict], DataReport]:
     report = DataReport(rows=len(rows))
     samples = []
     for row in rows:
-        try:
-            data = rename_columns(row.data, args.columns)
-            if kind == 'pair':
-                items = [normalize_pair(data, args.rlhf_type)]
-            elif kind == 'kto':
-                items = normalize_kto(data)
-            else:
-                items = [normalize_prompt(data)]
-            encoded = []
-            for item in items:
-                item['prompt'] = with_system(item['prompt'], args.system)
-                encoded.append({'pair': encode_pair, 'kto': encode_kto, 'prompt': encode_prompt}[kind](tokenizer,
-                                                                                                       item))
-        except RowError as e:
-            report.invalid.append(f'{row.where}: {e.field}: {e.problem}')
-            continue
-        except TemplateError as e:
-            report.invalid.append(f'{row.where}: messages: {e}')
-            continue
-        # grpo: TRL renders the prompt messages again, so a prompt that is too long can only be left out
-        strategy = 'delete' if args.rlhf_type == 'grpo' else args.truncation_strategy
-        fitted = [_fit(s, kind, args.max_length, strategy) for s in encoded]
-        if any(f is not s for f, s in zip(fitted, encoded)):
-            report.too_long += 1
-        for s in fitted:
-            if s is None:
-                continue
-            report.samples += 1
-            answers = [k for k in ('chosen_ids', 'rejected_ids', 'completion_ids') if k in s]
-            report.tokens += len(s['prompt_ids']) + sum(len(s[k]) for k in answers)
-            report.trained_tokens += sum(len(s[k]) for k in answers)
-            samples.append(s)
+        collect_row(row, tokenizer, kind, args, report, samples)
     return samples, report
+
+
+def _with_prompt_ids(sample: dict) -> dict:
+    """gkd: the prompt (for on-policy generation) is everything before the first trained token."""
+    first = next(i for i, label in enumerate(sample['labels']) if label != IGNORE_INDEX)
+    sample['prompt_ids'] = sample['input_ids'][:first]
+    return sample
 
 
 def _sft_with_prompts(rows, tokenizer, args) -> tuple[list[dict], DataReport]:
-    """gkd: SFT encoding of the last answer; the prompt (for on-policy generation) is everything before it."""
+    """gkd: SFT encoding of the last answer, with its prompt ids."""
     samples, report = encode_rows(rows, tokenizer, 'sft', args.max_length, args.truncation_strategy,
-                                  loss_scale='last_round', system=args.system, columns=args.columns)
-    for s in samples:
-        first = next(i for i, label in enumerate(s['labels']) if label != IGNORE_INDEX)
-        s['prompt_ids'] = s['input_ids'][:first]
-    return samples, report
+                                  loss_scale='last_round', system=args.system, columns=args.columns,
+                                  strict=getattr(args, 'strict', False))
+    return [_with_prompt_ids(s) for s in samples], report
 
 
-def build_rlhf_datasets(args, tokenizer, log=print) -> tuple[list[dict], list[dict]]:
+class RlhfStream(StreamingDataset):
+    """``--streaming`` for rlhf: the rows of --dataset encoded for ``args.rlhf_type`` as the trainer asks for them
+    (the rows, mixing, shuffle buffer and invalid-row handling of `StreamingDataset`). `hf_iterable` gives it to
+    TRL's trainers."""
+
+    def __init__(self, args, tokenizer, kind: str, seed: int, log=print):
+        from lmforge.data.mixing import mix_of
+
+        super().__init__(args.dataset, tokenizer, 'sft', max_length=args.max_length,
+                         truncation_strategy=args.truncation_strategy, loss_scale='last_round', system=args.system,
+                         columns=args.columns, strict=args.strict, seed=seed, shuffle=args.dataset_shuffle,
+                         buffer_size=args.shuffle_buffer_size, use_hf=args.use_hf, mix=mix_of(args), log=log)
+        self.args, self.kind = args, kind
+
+    def encode(self, row, report: DataReport, got: list) -> None:
+        if self.kind != 'sft':
+            collect_row(row, self.job.tokenizer, self.kind, self.args, report, got)
+            return
+        new: list = []
+        super().encode(row, report, new)
+        got += [_with_prompt_ids(s) for s in new]
+
+    def hf_iterable(self, transform=None, columns: list | None = None):
+        """This stream as a `datasets.IterableDataset` (what TRL's trainers take), each sample passed through
+        ``transform`` and cut to ``columns``; each pass over it reshuffles (the epoch is added to the seed)."""
+        import datasets
+        from datasets.info import DatasetInfo
+        from datasets.iterable_dataset import ExamplesIterable, IterableDataset
+
+        def shape(sample: dict) -> dict:
+            sample = transform(sample) if transform else sample
+            return {k: sample[k] for k in columns} if columns else sample
+
+        passes = itertools.count()
+
+        def generate():
+            self.set_epoch(next(passes))
+            for k, sample in enumerate(self):
+                yield k, shape(sample)
+
+        features = datasets.Dataset.from_list([shape(self.first_sample)]).features
+        return IterableDataset(ExamplesIterable(generate, {}), info=DatasetInfo(features=features))
+
+
+def build_rlhf_datasets(args, tokenizer, log=print) -> tuple:
     """Train and validation samples for ``args.rlhf_type``; raises `DataError` before any model is loaded when
-    there is nothing usable."""
+    there is nothing usable. With --streaming the train set is an `RlhfStream`, checked on its first rows here."""
     kind = KINDS[args.rlhf_type]
     seed = args.data_seed if args.data_seed is not None else args.seed
+    register_custom_datasets(args, log)
 
-    def encode(specs):
-        rows = load_rows(specs, seed)
-        if kind == 'sft':
-            return _sft_with_prompts(rows, tokenizer, args)
-        return encode_rlhf_rows(rows, tokenizer, kind, args)
+    def encode(specs, mix=None):
+        parts, report = [], DataReport()
+        for spec in specs:
+            rows = load_rows([spec], seed, getattr(args, 'use_hf', None))
+            got, part = _sft_with_prompts(rows, tokenizer, args) if kind == 'sft' else \
+                encode_rlhf_rows(rows, tokenizer, kind, args)
+            parts.append(got)
+            report.merge(part)
+        mix = mix or Mix()
+        samples = mix_samples(parts, specs, mix, seed)
+        if mix.interleaved and len(parts) > 1:
+            log(f'mixing: {mix.describe(len(parts))}; {len(samples)} samples from '
+                + ', '.join(f'{spec}: {len(p)}' for spec, p in zip(specs, parts)))
+        return samples, report
 
-    train, report = encode(args.dataset)
+    if args.streaming:
+        train = RlhfStream(args, tokenizer, kind, seed, log)
+        report = train.check_start()
+        for line in report.lines('train data (streaming, first rows)', args.max_length, args.truncation_strategy):
+            log(line)
+        log(f'streaming: rows are read, encoded and shuffled in a buffer of {train.buffer_size} while training '
+            f'(--max_steps {args.max_steps})')
+        val = []
+        if args.val_dataset:
+            val, vreport = encode(args.val_dataset)
+            for line in vreport.lines('validation data', args.max_length, args.truncation_strategy):
+                log(line)
+        return train, val
+    train, report = encode(args.dataset, mix_of(args))
     for line in report.lines('train data', args.max_length, args.truncation_strategy):
         log(line)
     if not train:

@@ -20,6 +20,7 @@ not a turn trained without it. A template whose own generation prompt no rendere
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 import warnings
 import weakref
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 
 from lmforge.errors import TemplateError
 from lmforge.templates.render import render, template_name
+from lmforge.templates.verbatim import prints_contents_verbatim
 
 IGNORE_INDEX = -100
 EMPTY_THINK = re.compile(r'\s*<think>\s*</think>\s*')
@@ -111,16 +113,21 @@ def _turn_span(tokenizer, messages, i, prompt: str, upto: str, ignore_empty_thin
             f'own generation prompt (prompt continues {prompt[k:k + 40]!r}, the rendered turn {upto[k:k + 40]!r}), '
             'so the turn cannot be trained the way inference will prompt it. Pass --template with a fixed '
             'template (see `lmforge template list`).')
-    answer = upto[len(prompt):]
+    return _answer_span(tokenizer, messages, i, upto, len(prompt), ignore_empty_think)
+
+
+def _answer_span(tokenizer, messages, i, upto: str, start: int, ignore_empty_think: bool):
+    """`_turn_span` once ``upto[:start]`` is known to be the prompt."""
+    answer = upto[start:]
     reasoning = reasoning_of(messages[i])
     if reasoning and reasoning[1].strip() not in answer:
         raise TemplateError(f'the chat template of {template_name(tokenizer)} does not render the {reasoning[0]} of '
                             f'assistant message {i}, so it cannot be trained. Use a model/template that renders '
                             'reasoning (--template), or put it inline as <think>...</think> in the content if the '
                             'model expects that.')
-    start, end = len(prompt), len(prompt) + len(answer.rstrip())
+    end = start + len(answer.rstrip())
     if ignore_empty_think:
-        m = EMPTY_THINK.match(answer) or (prompt.rstrip().endswith('<think>') and CLOSE_THINK.match(answer))
+        m = EMPTY_THINK.match(answer) or (upto[:start].rstrip().endswith('<think>') and CLOSE_THINK.match(answer))
         if m:
             start += m.end()
     return upto, (start, max(start, end))
@@ -132,7 +139,9 @@ def _turn_span(tokenizer, messages, i, prompt: str, upto: str, ignore_empty_thin
 # once with placeholder contents (a "skeleton"), and each conversation of that shape renders only once for real:
 # its full text must equal the skeleton's full text with the real contents put in (the template treats the contents
 # as opaque text), otherwise it takes the slow path. The first conversation of each shape is encoded both ways and
-# the shape keeps the fast path only if both agree. Results are identical to the slow path by construction.
+# the shape keeps the fast path only if both agree. Results are identical to the slow path by construction. For a
+# template proven to print contents verbatim (lmforge.templates.verbatim) the checking render is skipped: no render
+# at all per conversation.
 
 _HOLE = '\ue000{}\ue001'
 _HOLE_RE = re.compile('\ue000(\\d+)\ue001')
@@ -172,29 +181,67 @@ def _fill(parts: list, contents: list[str]) -> str:
     return ''.join(contents[p] if k % 2 else p for k, p in enumerate(parts))
 
 
+def _format_string(parts: list) -> str:
+    """``_fill(parts, contents) == _format_string(parts).format(*contents)``, done in C."""
+    return ''.join('{%d}' % p if k % 2 else p.replace('{', '{{').replace('}', '}}') for k, p in enumerate(parts))
+
+
+def _is_prefix(short: list, long: list) -> bool:
+    """Whether ``short`` filled with any contents is a prefix of ``long`` filled with the same: the same pieces, up
+    to a last literal that begins the literal at its place in ``long``."""
+    n = len(short)
+    return n <= len(long) and short[:n - 1] == long[:n - 1] and n % 2 == 1 and long[n - 1].startswith(short[n - 1])
+
+
+def _length(parts: list) -> tuple[int, tuple]:
+    """The filled length of ``parts`` as (literal characters, holes): add the lengths of the holes' contents."""
+    return sum(len(p) for p in parts[::2]), tuple(parts[1::2])
+
+
+@dataclass
+class _Skeleton:
+    full: list                 # the parts of the whole conversation
+    turns: list                # (prompt parts, prompt + answer parts) of each trained turn
+    fmt: str                   # `_format_string` of ``full``
+    spans: list | None         # when every turn's texts are prefixes of the whole: their `_length`s, else None
+
+
 def _skeleton(tokenizer, key, loss_scale, kwargs):
     shape = key[1]
     fake = [{'role': role, 'content': _HOLE.format(j), **({} if loss is _NO_LOSS else {'loss': loss})}
             for j, (role, loss) in enumerate(shape)]
     try:
-        full = render(tokenizer, fake, **kwargs)
+        full = _parts(render(tokenizer, fake, **kwargs))
         turns = [(_parts(render(tokenizer, fake[:i], add_generation_prompt=True, **kwargs)),
                   _parts(render(tokenizer, fake[:i + 1], **kwargs))) for i in trained_turns(fake, loss_scale)]
     except TemplateError:
         return None
-    return _parts(full), turns
+    nested = all(_is_prefix(p, u) and _is_prefix(u, full) for p, u in turns)
+    spans = [(_length(p), _length(u)) for p, u in turns] if nested else None
+    return _Skeleton(full, turns, _format_string(full), spans)
 
 
-def _fast_texts(tokenizer, skeleton, messages, loss_scale, kwargs):
-    """(full, turns) through the skeleton, or None when this conversation's text does not fit it."""
-    full_parts, turn_parts = skeleton
+def _fast_texts(tokenizer, skeleton: _Skeleton, messages, loss_scale, kwargs):
+    """(full, turns) through the skeleton, or None when this conversation's text does not fit it. The conversation
+    is rendered once to check that it fits, unless the template is proven to print contents verbatim
+    (`lmforge.templates.verbatim`): then it fits by construction. When each turn's prompt and prompt + answer are
+    prefixes of the whole text whatever the contents (known from the skeleton), they are cut out of it by length
+    instead of being built."""
     contents = [m['content'] for m in messages]
-    full = render(tokenizer, messages, **kwargs)
-    if full != _fill(full_parts, contents):
+    full = skeleton.fmt.format(*contents)
+    if not prints_contents_verbatim(tokenizer.chat_template) and render(tokenizer, messages, **kwargs) != full:
         return None
     ignore_think = loss_scale == 'ignore_empty_think'
-    turns = [_turn_span(tokenizer, messages, i, _fill(p, contents), _fill(u, contents), ignore_think)
-             for i, (p, u) in zip(trained_turns(messages, loss_scale), turn_parts)]
+    trained = trained_turns(messages, loss_scale)
+    if skeleton.spans is None:
+        return full, [_turn_span(tokenizer, messages, i, _fill(p, contents), _fill(u, contents), ignore_think)
+                      for i, (p, u) in zip(trained, skeleton.turns)]
+    lengths = [len(c) for c in contents]
+    turns = []
+    for i, ((p_chars, p_holes), (u_chars, u_holes)) in zip(trained, skeleton.spans):
+        start = p_chars + sum(lengths[h] for h in p_holes)
+        stop = u_chars + sum(lengths[h] for h in u_holes)
+        turns.append(_answer_span(tokenizer, messages, i, full[:stop], start, ignore_think))
     return full, turns
 
 
@@ -304,13 +351,22 @@ def _sample_of(enc, text: str, spans: list) -> Sample:
     return Sample(ids, labels, text)
 
 
-def tokenize_spans_batch(tokenizer, items: list[tuple[str, list]]) -> list[Sample]:
-    """`tokenize_spans` of many ``(text, spans)`` at once: one call into the Rust tokenizer, which spreads a batch
-    over its threads (unless TOKENIZERS_PARALLELISM=false), instead of one call per text. The same samples."""
+def batch_encoder(tokenizer):
+    """``texts -> encodings``: one call into the Rust tokenizer for many texts (it spreads them over its threads
+    unless TOKENIZERS_PARALLELISM=false, and releases the GIL meanwhile), for `tokenize_spans_batch`; None when the
+    tokenizer has to be called through its Python wrapper (see `_rust_backend`)."""
     backend = _rust_backend(tokenizer)
-    if backend is None or len(items) < 2:
-        return [tokenize_spans(tokenizer, text, spans) for text, spans in items]
-    encodings = backend.encode_batch([text for text, _ in items], add_special_tokens=False)
+    return None if backend is None else functools.partial(backend.encode_batch, add_special_tokens=False)
+
+
+def tokenize_spans_batch(tokenizer, items: list[tuple[str, list]], encodings: list | None = None) -> list[Sample]:
+    """`tokenize_spans` of many ``(text, spans)`` at once: one call into the Rust tokenizer instead of one call per
+    text (or the ``encodings`` of the texts that `batch_encoder` made already). The same samples."""
+    if encodings is None:
+        encode = batch_encoder(tokenizer)
+        if encode is None or len(items) < 2:
+            return [tokenize_spans(tokenizer, text, spans) for text, spans in items]
+        encodings = encode([text for text, _ in items])
     return [_sample_of(enc, text, sorted(spans)) for enc, (text, spans) in zip(encodings, items)]
 
 

@@ -20,7 +20,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainerCallback
+from transformers import PrinterCallback, Trainer, TrainerCallback
 
 from lmforge.errors import LmforgeError
 from lmforge.templates import IGNORE_INDEX
@@ -45,6 +45,9 @@ class LmTrainerMixin:
         self._staging_dir = None
         super().__init__(*args, **kwargs)
         self._last_log = (time.perf_counter(), 0, 0)
+        if any(type(cb) is PrinterCallback for cb in self.callback_handler.callbacks):  # no progress bar
+            self.remove_callback(PrinterCallback)
+            self.add_callback(RankZeroPrinter)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -76,8 +79,6 @@ class LmTrainerMixin:
         return self._staging_dir or super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial):
-        from transformers.trainer_utils import rotate_checkpoints
-
         run_dir = self.args.output_dir
         self._staging_dir = os.path.join(run_dir, STAGING)
         name = f'checkpoint-{self.state.global_step}'
@@ -85,11 +86,23 @@ class LmTrainerMixin:
             super()._save_checkpoint(model, trial)
         finally:
             self._staging_dir = None
-        if not self.args.should_save:
-            return
+        best = self.state.best_global_step and os.path.join(run_dir, f'checkpoint-{self.state.best_global_step}')
+        if best and (self.state.best_global_step == self.state.global_step or os.path.isdir(best)):
+            self.state.best_model_checkpoint = best  # transformers looked for it in the staging dir
+        # several processes: each writes its own RNG state into the staged checkpoint; it moves once all have
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            self._publish_checkpoint(run_dir, name)
+        self.accelerator.wait_for_everyone()  # every process sees the checkpoint in place
+
+    def _publish_checkpoint(self, run_dir: str, name: str) -> None:
+        from transformers.trainer_utils import rotate_checkpoints
+
         staged, final = os.path.join(run_dir, STAGING, name), os.path.join(run_dir, name)
         if self.checkpoint_extras is not None:
             self.checkpoint_extras(staged)
+        if self.state.best_model_checkpoint:  # with the best checkpoint's final path
+            self.state.save_to_json(os.path.join(staged, 'trainer_state.json'))
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(staged, final)
@@ -104,11 +117,22 @@ class LmTrainer(LmTrainerMixin, Trainer):
         # compute_loss below normalises by the step's trained-token count itself; this makes Trainer count it.
         self.model_accepts_loss_kwargs = True
         self.use_logits_to_keep = use_logits_to_keep
+        from lmforge.train.sharding import SampleTrace
+        self.sample_trace = SampleTrace.from_env()  # LMFORGE_TRACE_SAMPLES: which samples each process trained
+        if self.sample_trace is not None:
+            self.add_callback(self.sample_trace)
         from lmforge.tuners.features import AdaLoraPenalty
         self.penalty = AdaLoraPenalty.of(self.model)  # a loss term the tuner adds (peft adds it to model losses)
 
+    def get_train_dataloader(self):
+        """Several processes: each sample once per epoch (lmforge.train.sharding), not accelerate's repeats."""
+        from lmforge.train.sharding import tail_padded_dataloader
+        return tail_padded_dataloader(self) or super().get_train_dataloader()
+
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training and self.sample_trace is not None:
+            self.sample_trace.record(self.state, inputs)
         labels = inputs.pop('labels')
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
@@ -146,17 +170,27 @@ class TrainingDiverged(LmforgeError):
 
 class GracefulStop(TrainerCallback):
     """SIGTERM or SIGINT (preemption, Ctrl-C): finish the current step, save a checkpoint, stop cleanly.
-    A second SIGINT interrupts at once."""
+    A second SIGINT (Ctrl-C pressed again, more than a second later) interrupts at once.
+
+    Under several processes the signal may reach only some of them (a node being preempted, ``kill`` of one
+    worker): at every step end the processes agree (an all-reduce of the signal number), so all of them save the same
+    step and stop together instead of the others waiting for the stopped one until the timeout."""
 
     def __init__(self):
         self.signal = None
+        self._received = 0  # the signal number this process got
+        self._received_at = 0.0
         self._previous = {}
 
     def _handle(self, signum, frame):
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-        print(f'\n[lmforge] {self.signal} received: saving a checkpoint after this step, then stopping', flush=True)
+        if self._received:
+            # torchrun passes a terminal's Ctrl-C on to workers that got it already: the same press, not a second
+            if signum == signal.SIGINT and time.monotonic() - self._received_at > 1:
+                raise KeyboardInterrupt
+            return
+        self._received, self._received_at = signum, time.monotonic()
+        print(f'\n[lmforge] {signal.Signals(signum).name} received'
+              f'{_rank_note()}: saving a checkpoint after this step, then stopping', flush=True)
 
     def on_train_begin(self, args, state, control, **kwargs):
         import threading
@@ -165,7 +199,9 @@ class GracefulStop(TrainerCallback):
                 self._previous[sig] = signal.signal(sig, self._handle)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.signal is not None:
+        received = _agreed_signal(self._received, args.device)
+        if received:
+            self.signal = signal.Signals(received).name
             control.should_save = True
             control.should_training_stop = True
 
@@ -173,6 +209,29 @@ class GracefulStop(TrainerCallback):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+def _agreed_signal(signum: int, device) -> int:
+    """The largest signal number any process received (this one's alone when it runs by itself)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return signum
+    flag = torch.tensor([signum], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
+def _rank_note() -> str:
+    return f' by rank {os.environ["RANK"]}' if int(os.environ.get('WORLD_SIZE', '1')) > 1 else ''
+
+
+class RankZeroPrinter(PrinterCallback):
+    """The logs printed once for the run: transformers' printer speaks on the first process of every machine."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero:
+            super().on_log(args, state, control, logs=logs, **kwargs)
 
 
 class SaveAtEnd(TrainerCallback):

@@ -18,7 +18,7 @@ import copy
 import os
 from dataclasses import dataclass
 
-from lmforge.args.parse import from_kwargs, to_dict
+from lmforge.args.parse import from_kwargs
 from lmforge.args.rlhf import RlhfArgs
 from lmforge.errors import ArgumentError
 from lmforge.workflows.sft import (_ListDataset, _training_args, fit_and_report, log, main_process_first,
@@ -298,7 +298,7 @@ def _check_enough_prompts(args, rows):
     """grpo samples whole groups: with fewer prompts than one optimizer step takes, TRL would train 0 steps."""
     from lmforge.errors import DataError
 
-    if args.rlhf_type != 'grpo':
+    if args.rlhf_type != 'grpo' or not hasattr(rows, '__len__'):  # a stream (--streaming) repeats its prompts
         return
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps // args.num_generations
     if len(rows) < per_step:
@@ -311,17 +311,31 @@ def _check_reward_columns(args, rows):
     from lmforge.errors import DataError
     from lmforge.rlhf.rewards import NEEDS_SOLUTION
 
+    first = _first_row(rows)
     for name in args.reward_funcs:
-        if name in NEEDS_SOLUTION and rows and 'solution' not in rows[0]:
+        if name in NEEDS_SOLUTION and first is not None and 'solution' not in first:
             raise DataError(f'--reward_funcs {name} compares answers with a "solution" column, and the data has '
                             'none: add it, or map a column to it with --columns \'{"answer": "solution"}\'')
 
 
+def _first_row(rows):
+    """The first training row: of the list, or the one a --streaming dataset checked before training."""
+    if hasattr(rows, 'first_sample'):
+        return rows.first_sample
+    return rows[0] if rows else None
+
+
 # ---------------------------------------------------------------------------------------------- trainers
-def _datasets(train_rows, val_rows, columns=None):
+def _datasets(train_rows, val_rows, columns=None, transform=None):
+    """`datasets` datasets of the encoded rows, each passed through ``transform`` and cut to ``columns``; a
+    --streaming train set becomes an IterableDataset."""
     from datasets import Dataset
 
     def make(rows):
+        if hasattr(rows, 'hf_iterable'):
+            return rows.hf_iterable(transform, columns)
+        if transform:
+            rows = [transform(r) for r in rows]
         if columns:
             rows = [{k: r[k] for k in columns} for r in rows]
         return Dataset.from_list(rows)
@@ -358,7 +372,7 @@ def _build_cpo(args, model, ref_model, train_rows, val_rows, reward_funcs, token
                                                                                           ['sigmoid'])[0],
                         cpo_alpha=alpha, simpo_gamma=args.simpo_gamma, label_smoothing=args.label_smoothing,
                         max_length=args.max_length)
-    train, val = _datasets([legacy_pair_columns(r) for r in train_rows], [legacy_pair_columns(r) for r in val_rows])
+    train, val = _datasets(train_rows, val_rows, transform=legacy_pair_columns)
     return cpo_trainer_class()(model=model, args=cfg, train_dataset=train, eval_dataset=val,
                                optimizers=_optimizers(setup, model, cfg), **common)
 
@@ -368,7 +382,7 @@ def _build_orpo(args, model, ref_model, train_rows, val_rows, reward_funcs, toke
 
     from lmforge.rlhf.trainers import legacy_pair_columns, orpo_trainer_class
     cfg = training_args(ORPOConfig, beta=args.beta_value, max_length=args.max_length)
-    train, val = _datasets([legacy_pair_columns(r) for r in train_rows], [legacy_pair_columns(r) for r in val_rows])
+    train, val = _datasets(train_rows, val_rows, transform=legacy_pair_columns)
     return orpo_trainer_class()(model=model, args=cfg, train_dataset=train, eval_dataset=val,
                                 optimizers=_optimizers(setup, model, cfg), **common)
 
@@ -394,12 +408,11 @@ def _build_rm(args, model, ref_model, train_rows, val_rows, reward_funcs, tokeni
 
     from lmforge.rlhf.trainers import reward_trainer_class
 
-    def whole(rows):  # the reward model reads prompt + answer
-        return [{'chosen_ids': r['prompt_ids'] + r['chosen_ids'], 'rejected_ids': r['prompt_ids'] + r['rejected_ids']}
-                for r in rows]
+    def whole(r):  # the reward model reads prompt + answer
+        return {'chosen_ids': r['prompt_ids'] + r['chosen_ids'], 'rejected_ids': r['prompt_ids'] + r['rejected_ids']}
     cfg = training_args(RewardConfig, max_length=args.max_length,
                         center_rewards_coefficient=args.center_rewards_coefficient)
-    train, val = _datasets(whole(train_rows), whole(val_rows))
+    train, val = _datasets(train_rows, val_rows, transform=whole)
     return reward_trainer_class()(model=model, args=cfg, train_dataset=train, eval_dataset=val,
                                   optimizers=_optimizers(setup, model, cfg), **common)
 
@@ -431,7 +444,7 @@ def _build_grpo(args, model, ref_model, train_rows, val_rows, reward_funcs, toke
                         scale_rewards=scale, loss_type=(args.loss_type or ['grpo'])[0], reward_weights=weights,
                         log_completions=args.log_completions, use_vllm=args.use_vllm, vllm_mode=args.vllm_mode,
                         vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization)
-    keep = [k for k in train_rows[0] if k != 'prompt_ids']  # TRL renders the prompt with the same template
+    keep = [k for k in _first_row(train_rows) if k != 'prompt_ids']  # TRL renders the prompt with the same template
     train, val = _datasets(train_rows, val_rows, columns=keep)
     trainer = grpo_trainer_class()(model=model, reward_funcs=funcs, args=cfg, train_dataset=train, eval_dataset=val,
                                    optimizers=_optimizers(setup, model, cfg), **common)
@@ -463,10 +476,13 @@ def _build_ppo(args, model, ref_model, train_rows, val_rows, reward_funcs, token
     if val_rows:
         log(f'ppo does not evaluate: the {len(val_rows)} validation prompts are not used')
     cfg = training_args(eval_strategy='no')
+    streaming = hasattr(train_rows, 'first_sample')
+    if streaming:  # batches are lists of rows: each process reads its own share of the stream (as TRL's trainers)
+        cfg.accelerator_config.dispatch_batches = False
     ppo = {k: getattr(args, k) for k in ('num_ppo_epochs', 'num_mini_batches', 'kl_coef', 'cliprange', 'vf_coef',
                                          'cliprange_value', 'gamma', 'lam', 'whiten_rewards', 'missing_eos_penalty',
                                          'temperature', 'top_p', 'top_k', 'max_completion_length')}
-    return PpoTrainer(model=wrapper, args=cfg, train_dataset=_ListDataset(train_rows),
+    return PpoTrainer(model=wrapper, args=cfg, train_dataset=train_rows if streaming else _ListDataset(train_rows),
                       eval_dataset=None, ref_model=ref_model, reward_funcs=funcs, reward_weights=weights,
                       stop_token_ids=stops, ppo=ppo, optimizers=_optimizers(setup, wrapper, cfg), **common)
 

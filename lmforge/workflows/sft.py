@@ -96,6 +96,11 @@ def train(args, mode: str) -> dict:
         if mode == 'sft':
             log(f'chat template: {apply_template(tokenizer, args.template)}')
         train_data, val_data = build_datasets(args, tokenizer, mode, log=log)
+    if getattr(args, 'predict_with_generate', False) and not val_data:
+        where = ('--val_dataset gave no usable sample (see the validation data report above)' if args.val_dataset
+                 else f'--split_dataset_ratio {args.split_dataset_ratio} held none out of the training data; raise '
+                      'it or pass --val_dataset')
+        raise ArgumentError('predict_with_generate', f'no validation samples to answer: {where}')
 
     import transformers
 
@@ -139,6 +144,9 @@ def train(args, mode: str) -> dict:
         optimizers=(tuner_setup.optimizer(model, training_args), None),
         use_logits_to_keep=use_logits_to_keep, mfu=MfuMeter(n_total, n_trainable, peak),
         checkpoint_extras=lambda d: save_checkpoint_extras(d, args, model_dir, model, tokenizer))
+    if getattr(args, 'predict_with_generate', False):  # generation metrics at each evaluation
+        from lmforge.train.generate_eval import setup
+        setup(trainer, args, tokenizer, val_data, model, log=log)
     return fit_and_report(trainer, stop, args, model_dir, resume)
 
 
@@ -227,6 +235,8 @@ def _training_args(args, dtype, device: str, has_eval: bool, model=None, extra: 
         weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, optim=args.optim,
         save_strategy='steps', save_steps=args.save_steps, save_total_limit=args.save_total_limit,
         eval_strategy='steps' if has_eval else 'no', eval_steps=args.eval_steps or args.save_steps,
+        metric_for_best_model=getattr(args, 'metric_for_best_model', None) if has_eval else None,
+        greater_is_better=getattr(args, 'greater_is_better', None),
         logging_steps=args.logging_steps, logging_first_step=True, seed=args.seed, data_seed=args.data_seed,
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
         # under FSDP, activation checkpointing is FSDP's own (fsdp_config), not the Trainer's
