@@ -11,7 +11,8 @@ in the workflow.
 - AdaLoRA: a callback that sets the budget schedule's length when training starts and reallocates ranks after
   every optimizer step (peft's update_and_allocate), and the orthogonality penalty (`AdaLoraPenalty`), which peft
   adds only to a loss the model computes itself: lmforge's trainer computes the loss, so it adds the penalty.
-- Liger kernels (--use_liger_kernel): TrainingArguments.use_liger_kernel (CUDA only, needs liger-kernel).
+- Liger kernels (--use_liger_kernel): TrainingArguments.use_liger_kernel with RMSNorm/RoPE/SwiGLU kernels (CUDA only,
+  needs liger-kernel); Liger's fused cross-entropy stays off (lmforge's own loss, see training_setup).
 """
 from __future__ import annotations
 
@@ -75,6 +76,10 @@ def training_setup(args, model) -> TrainingSetup:
         extra.update(galore_training_args(args))
     if getattr(args, 'use_liger_kernel', False):
         extra['use_liger_kernel'] = True
+        # RMSNorm, RoPE and SwiGLU kernels; not Liger's fused linear cross-entropy: it replaces the model's forward
+        # with one that cannot take lmforge's boolean logits_to_keep mask (and lmforge computes the loss itself,
+        # with the LM head on trained positions only)
+        extra['liger_kernel_config'] = {'fused_linear_cross_entropy': False, 'cross_entropy': False}
     if getattr(args, 'lisa_activated_layers', 0):
         setup.callbacks.append(LisaCallback(model, args.lisa_activated_layers, args.lisa_step_interval, args.seed))
     if args.tuner_type == 'adalora':
