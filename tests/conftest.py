@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 
 import pytest
 
@@ -125,3 +126,12 @@ def qwen2_trained_dir(tmp_path_factory, qwen2_dir):
 @pytest.fixture(scope='session')
 def llama_trained_dir(tmp_path_factory, llama_dir):
     return _pretrained(tmp_path_factory, llama_dir, 'trained-llama')
+
+
+def wait_for(path, proc, timeout=120):
+    """Wait until ``path`` exists while the subprocess ``proc`` runs (it must not exit first)."""
+    t0 = time.time()
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout
+        time.sleep(0.02)

@@ -15,7 +15,7 @@ import torch
 from lmforge.args import SftArgs, from_kwargs
 from lmforge.errors import ArgumentError
 from lmforge.train.distributed import torchrun_command
-from tests.conftest import REPO, chat_rows, write_jsonl
+from tests.conftest import REPO, chat_rows, write_jsonl, wait_for
 
 
 def test_torchrun_command_from_the_environment():
@@ -182,13 +182,6 @@ def worker(proc, rank: int, timeout=60):
         time.sleep(0.1)
     raise AssertionError(f'no rank {rank} process after {timeout} s')
 
-
-def wait_for(path, proc, timeout=120):
-    t0 = time.time()
-    while not os.path.exists(path):
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() - t0 < timeout
-        time.sleep(0.02)
 
 
 def test_sigterm_on_rank_1_stops_every_rank_at_one_checkpoint_that_resumes(tmp_path, qwen2_dir, chat_file):

@@ -4,9 +4,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for
 
 STEPS = 40
 
@@ -31,13 +30,6 @@ def losses(out) -> dict:
 def start(cmd):
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-
-def wait_for(path, proc, timeout=120):
-    t0 = time.time()
-    while not os.path.exists(path):
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() - t0 < timeout
-        time.sleep(0.01)
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, qwen2_dir, chat_file):
