@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = 'lmforge_sdpa_varlen'
+_BOUNDS: list = [None, None]  # the last cu_seq_lens tensor and its list: read once per forward, not once per layer
 
 
 def enable_varlen_attention(model) -> bool:
@@ -59,6 +60,14 @@ def sequence_bounds(position_ids: list[int]) -> list[int]:
     return bounds + [len(position_ids)]
 
 
+def _bounds(cu_seq_lens) -> list[int]:
+    """The boundaries as Python ints; every layer of a forward gets the same tensor, so on a GPU this waits for
+    the device once per forward instead of once per layer."""
+    if _BOUNDS[0] is not cu_seq_lens:
+        _BOUNDS[:] = [cu_seq_lens, cu_seq_lens.tolist()]
+    return _BOUNDS[1]
+
+
 def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                         is_causal=None, cu_seq_lens_q=None, **kwargs):
     """transformers' attention-function contract: (b, heads, T, d) in, (b, T, heads, d) out."""
@@ -68,7 +77,7 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
     window = kwargs.get('sliding_window')
     usable = (cu_seq_lens_q is not None and query.shape[0] == 1 and key.shape[2] == q_len
               and kwargs.get('s_aux') is None)
-    bounds = cu_seq_lens_q.tolist() if usable else None
+    bounds = _bounds(cu_seq_lens_q) if usable else None
     if usable and (bounds[-1] != q_len or (window and max(b - a for a, b in zip(bounds, bounds[1:])) > window)):
         usable = False
     if not usable:
