@@ -26,7 +26,8 @@ import math
 import os
 
 from lmforge.errors import ArgumentError, LmforgeError, ModelError
-from lmforge.infer.engine import Engine, RequestConfig, TokenLogprob
+from lmforge.infer.engine import Engine, RequestConfig
+from lmforge.infer.sequence import TokenLogprob
 
 # backend -> (module, class, the package it needs)
 BACKENDS = {

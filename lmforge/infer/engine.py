@@ -19,8 +19,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from lmforge.infer.sequence import (Sequence, TokenLogprob, _RowSampler, _RowStopper,  # noqa: F401
-                                     _decode_stream, _token_logprob)
+from lmforge.infer.sequence import Sequence, _RowSampler, _RowStopper, _token_logprob
 
 
 @dataclass
@@ -171,6 +170,16 @@ class PtEngine(Engine):
         self.model.eval()
         self._lock = threading.RLock()  # one generation at a time on the model (adapter switching is global state)
         self._set_stop_ids(lambda: self.model.generation_config)
+
+    @classmethod
+    def on_model(cls, model, tokenizer, stop_ids: list[int]) -> 'PtEngine':
+        """The engine's generation (`new_sequence`, `generate_rows`) on a model already in memory, as it is (no
+        checkpoint resolved, no adapters switched, training mode untouched): e.g. the model being trained."""
+        engine = cls.__new__(cls)
+        engine.model, engine.tokenizer, engine.stop_ids = model, tokenizer, stop_ids
+        engine.system, engine.adapter_names, engine._token_text = None, [], {}
+        engine._lock = threading.RLock()
+        return engine
 
     @property
     def device(self):

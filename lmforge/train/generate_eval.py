@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from dataclasses import dataclass
 
 from lmforge.infer.engine import PtEngine, RequestConfig
@@ -56,19 +55,6 @@ def questions_of(samples, tokenizer, limit: int | None = None) -> list[Question]
     return out
 
 
-class _ModelEngine(PtEngine):
-    """The transformers engine's generation (`generate_rows`, `new_sequence`) on a model already in memory."""
-
-    def __init__(self, model, tokenizer, stop_ids: list[int]):  # the model is given: nothing to load
-        self.model = model
-        self.tokenizer = tokenizer
-        self.stop_ids = stop_ids
-        self.system = None
-        self.adapter_names: list[str] = []
-        self._lock = threading.RLock()
-        self._token_text: dict[int, str] = {}
-
-
 class GenerateEval:
     """Answers ``questions`` with a model and scores the answers; `attach` calls it at each evaluation."""
 
@@ -85,7 +71,7 @@ class GenerateEval:
         """Greedy answers of ``model`` (put in eval mode for the time it generates)."""
         if not questions:
             return []
-        engine = _ModelEngine(model, self.tokenizer, self.stop_ids)
+        engine = PtEngine.on_model(model, self.tokenizer, self.stop_ids)
         was_training = model.training
         model.eval()
         try:

@@ -23,7 +23,7 @@ def test_stream_equals_batched_answer_and_stop_strings_cut_both(qwen2_dir):
 def test_incremental_detokenization_matches_full_decode(tokenizer):
     """Text released token by token (tokenizers' DecodeStream, and the Python window it replaces) is the decode of all
     tokens: UTF-8 characters split over byte-level tokens are held until complete, special tokens are skipped."""
-    from lmforge.infer.engine import Sequence, _decode_stream
+    from lmforge.infer.sequence import Sequence, _decode_stream
 
     text = 'Last letter: héllo 你好 🙂<|im_start|> wörld'
     ids = tokenizer(text, add_special_tokens=False)['input_ids']
