@@ -106,7 +106,6 @@ def load_model(path: str, torch_dtype: str = 'auto', attn_impl: str | None = Non
                quantization_config=None):
     """A causal LM from ``path`` on ``device`` (auto), with ``adapters`` applied (frozen unless trainable).
     ``quantization_config`` (lmforge.tuners.quant) loads the weights quantized, straight onto the current GPU."""
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     device = device or pick_device()

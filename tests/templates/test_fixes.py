@@ -1,8 +1,6 @@
 """The named template fixes: found by behaviour, announced, inference prompts unchanged, kept across save/load."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from lmforge.demo.build import build_tokenizer

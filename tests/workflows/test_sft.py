@@ -6,7 +6,7 @@ import os
 import pytest
 
 from lmforge import pt, sft
-from tests.conftest import chat_rows, fact_rows, write_jsonl
+from tests.conftest import fact_rows, write_jsonl
 
 COMMON = dict(per_device_train_batch_size=8, logging_steps=5, gradient_checkpointing=False, report_to=['none'],
               max_length=64, overwrite_output_dir=True)
