@@ -8,6 +8,10 @@ data and template code. A cached dataset is a folder holding the token ids and l
 offsets (numpy ``.npy``, memory-mapped on load) and the data report; it is written to a temporary name and renamed
 into place, so an interrupted run never leaves a half-written entry.
 
+`lmforge rlhf` caches its encoded rows the same way (`save_records` / `load_records`): each token-id column as a
+flat int32 array plus offsets, the other columns (KTO labels, GRPO prompt messages and reward columns) as JSON; its
+keys add the rlhf type and `lmforge.rlhf.data`'s source (``code_files``).
+
 Where: ``$LMFORGE_DATA_CACHE``, else ``$XDG_CACHE_HOME/lmforge/datasets`` (``~/.cache/lmforge/datasets``).
 ``--load_from_cache_file false`` re-encodes (and refreshes the entry).
 """
@@ -41,21 +45,23 @@ def _sha(*parts) -> str:
     return h.hexdigest()
 
 
-_CODE: str | None = None
+_CODE: dict = {}
 
 
-def code_fingerprint() -> str:
-    global _CODE
-    if _CODE is None:
+def code_fingerprint(extra: tuple = ()) -> str:
+    """The source of lmforge's data and template code (`CODE_FILES`), plus the files ``extra`` (paths relative to
+    the lmforge package, e.g. ``('rlhf/data.py',)``)."""
+    extra = tuple(extra)
+    if extra not in _CODE:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         blobs = []
-        for rel in CODE_FILES:
+        for rel in CODE_FILES + extra:
             path = os.path.join(root, rel)
             if os.path.isfile(path):
                 with open(path, 'rb') as f:
                     blobs.append(f.read())
-        _CODE = _sha(*blobs)
-    return _CODE
+        _CODE[extra] = _sha(*blobs)
+    return _CODE[extra]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -93,12 +99,13 @@ def data_fingerprint(spec: str, use_hf: bool | None) -> str | None:
     return _sha('hub', ident, s.subsets, s.n, use_hf_default(use_hf))
 
 
-def cache_key(spec: str, tokenizer, options: dict, use_hf: bool | None = None) -> str | None:
+def cache_key(spec: str, tokenizer, options: dict, use_hf: bool | None = None, code_files: tuple = ()
+              ) -> str | None:
     data = data_fingerprint(spec, use_hf)
     if data is None:
         return None
     return _sha(data, tokenizer_fingerprint(tokenizer), json.dumps(options, sort_keys=True, default=str),
-                code_fingerprint())[:32]
+                code_fingerprint(tuple(code_files)))[:32]
 
 
 def load(key: str):
@@ -129,12 +136,7 @@ def save(key: str, samples, report) -> str | None:
 
     from lmforge.data.store import TokenStore
 
-    root = cache_root()
-    final = os.path.join(root, key)
-    tmp = None
-    try:
-        os.makedirs(root, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f'.{key}.', dir=root)
+    def fill(tmp: str) -> None:
         if isinstance(samples, TokenStore):
             flat_ids = np.asarray(samples.ids, dtype=np.int32)
             flat_labels = np.asarray(samples.labels, dtype=np.int32)
@@ -149,8 +151,26 @@ def save(key: str, samples, report) -> str | None:
         np.save(os.path.join(tmp, 'input_ids.npy'), flat_ids)
         np.save(os.path.join(tmp, 'labels.npy'), flat_labels)
         np.save(os.path.join(tmp, 'offsets.npy'), offsets)
-        with open(os.path.join(tmp, 'report.json'), 'w', encoding='utf-8') as f:
-            json.dump(dataclasses.asdict(report) if dataclasses.is_dataclass(report) else report, f)
+        _write_report(tmp, report)
+
+    return _write_entry(key, fill)
+
+
+def _write_report(folder: str, report) -> None:
+    with open(os.path.join(folder, 'report.json'), 'w', encoding='utf-8') as f:
+        json.dump(dataclasses.asdict(report) if dataclasses.is_dataclass(report) else report, f)
+
+
+def _write_entry(key: str, fill) -> str | None:
+    """``fill(folder)`` writes the entry into a temporary folder, renamed to ``key`` once complete (replacing an
+    older entry); None when the cache cannot be written."""
+    root = cache_root()
+    final = os.path.join(root, key)
+    tmp = None
+    try:
+        os.makedirs(root, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f'.{key}.', dir=root)
+        fill(tmp)
         if os.path.isdir(final):
             shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -159,3 +179,96 @@ def save(key: str, samples, report) -> str | None:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         return None
+
+
+# --------------------------------------------------------------------------- rows of several columns (lmforge rlhf)
+
+RECORDS = 'records.json'
+
+
+def _int_lists(values: list) -> bool:
+    return all(type(v) is list and all(type(t) is int for t in v) for v in values)
+
+
+def save_records(key: str, rows: list[dict], report, id_columns: tuple) -> str | None:
+    """Write an entry of rows (dicts, such as `lmforge.rlhf.data`'s): each of ``id_columns`` (a list of ints in
+    every row) as a flat int32 array plus offsets, the rows' other columns as JSON (the id columns stand there as
+    null placeholders, which keeps each row's column order). None, and nothing written, when the rows cannot be
+    stored exactly (an id column that is not a list of int32 values in some row, other columns that JSON would
+    change: tuples, non-string keys, NaN, objects) or when the cache cannot be written."""
+    import numpy as np
+
+    id_columns = tuple(id_columns)
+    arrays = {}
+    try:
+        for c in id_columns:
+            values = [r[c] for r in rows]
+            if not _int_lists(values):
+                return None
+            offsets = np.zeros(len(values) + 1, dtype=np.int64)
+            np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=len(values)), out=offsets[1:])
+            flat = np.fromiter(itertools.chain.from_iterable(values), dtype=np.int32, count=int(offsets[-1]))
+            arrays[c] = flat, offsets
+        rest = None
+        if any(len(r) != len(id_columns) for r in rows):
+            others = [{k: None if k in id_columns else v for k, v in r.items()} for r in rows]
+            rest = json.dumps(others, ensure_ascii=False, allow_nan=False)
+            if json.loads(rest) != others:
+                return None
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+
+    def fill(tmp: str) -> None:
+        for c, (flat, offsets) in arrays.items():
+            np.save(os.path.join(tmp, f'{c}.ids.npy'), flat)
+            np.save(os.path.join(tmp, f'{c}.offsets.npy'), offsets)
+        if rest is not None:
+            with open(os.path.join(tmp, 'rows.json'), 'w', encoding='utf-8') as f:
+                f.write(rest)
+        _write_report(tmp, report)
+        with open(os.path.join(tmp, RECORDS), 'w', encoding='utf-8') as f:
+            json.dump({'rows': len(rows), 'id_columns': list(id_columns), 'other_columns': rest is not None}, f)
+
+    return _write_entry(key, fill)
+
+
+def load_records(key: str):
+    """``(rows, report_dict)`` of an entry written by `save_records` (the rows as lists of dicts of lists, equal to
+    those saved), or None."""
+    import gc
+
+    import numpy as np
+
+    path = os.path.join(cache_root(), key)
+    was = gc.isenabled()
+    gc.disable()  # millions of new lists and no cycles: the collector would only walk them again and again
+    try:
+        with open(os.path.join(path, RECORDS), encoding='utf-8') as f:
+            meta = json.load(f)
+        with open(os.path.join(path, 'report.json'), encoding='utf-8') as f:
+            report = json.load(f)
+        n = meta['rows']
+        columns = {}
+        for c in meta['id_columns']:
+            flat = np.load(os.path.join(path, f'{c}.ids.npy'))
+            offsets = np.load(os.path.join(path, f'{c}.offsets.npy'))
+            if len(offsets) != n + 1 or int(offsets[-1]) != len(flat):
+                return None
+            flat, offsets = flat.tolist(), offsets.tolist()
+            columns[c] = [flat[offsets[i]:offsets[i + 1]] for i in range(n)]
+        if meta['other_columns']:
+            with open(os.path.join(path, 'rows.json'), encoding='utf-8') as f:
+                rows = json.load(f)
+            if len(rows) != n:
+                return None
+            for c, values in columns.items():
+                for row, v in zip(rows, values):
+                    row[c] = v
+        else:
+            rows = [dict(zip(columns, values)) for values in zip(*columns.values())] if columns else []
+    except (OSError, ValueError, KeyError, TypeError):  # json.JSONDecodeError is a ValueError
+        return None
+    finally:
+        if was:
+            gc.enable()
+    return rows, report

@@ -15,10 +15,17 @@ loaded.
 The data flags work as for `lmforge sft`: ``--custom_dataset_info`` registers names usable in ``--dataset``, several
 datasets are concatenated or interleaved (``--interleave_prob``, `lmforge.data.mixing`), and ``--streaming`` encodes
 rows while training (`RlhfStream`; the trainers that cannot take a stream are refused by `lmforge.args.rlhf`).
+
+Each ``--dataset`` / ``--val_dataset`` spec is encoded once, in ``--dataset_num_proc`` processes, and its rows and
+report are cached on disk (`encode_spec`, `lmforge.data.cache`: the key holds the data, tokenizer, chat template,
+rlhf type, --max_length, --truncation_strategy, --system, --columns, the data seed and this module's source), before
+mixing and splitting; a later run (or, under several processes, every rank after the main one) reads the entry.
+``--streaming`` rows are never cached. ``--load_from_cache_file false`` re-encodes and refreshes the entry.
 """
 from __future__ import annotations
 
 import itertools
+import os
 import random
 
 from lmforge.data.dataset import DataReport, encode_rows, load_rows, register_custom_datasets, with_validation
@@ -31,6 +38,10 @@ from lmforge.templates import IGNORE_INDEX, encode_chat, render_prompt, with_sys
 
 KINDS = {'dpo': 'pair', 'orpo': 'pair', 'simpo': 'pair', 'cpo': 'pair', 'rm': 'pair', 'kto': 'kto',
          'grpo': 'prompt', 'ppo': 'prompt', 'gkd': 'sft'}
+# the token-id columns of each kind's rows (cached as int32 arrays; the other columns are cached as JSON)
+ID_COLUMNS = {'pair': ('prompt_ids', 'chosen_ids', 'rejected_ids'), 'kto': ('prompt_ids', 'completion_ids'),
+              'prompt': ('prompt_ids',), 'sft': ('input_ids', 'labels', 'prompt_ids')}
+CODE_FILES = ('rlhf/data.py',)  # this module's source is part of every cache key (besides lmforge.data.cache's)
 
 
 def encode_answer(tokenizer, prompt: list[dict], answer: dict, tools=None, field: str = 'chosen'):
@@ -138,11 +149,41 @@ def collect_row(row, tokenizer, kind: str, args, report: DataReport, samples: li
         samples.append(s)
 
 
-def encode_rlhf_rows(rows, tokenizer, kind: str, args) -> tuple[list[dict], DataReport]:
+CHUNK = 256  # rows per task of the worker pool
+
+
+def encode_rlhf_rows(rows, tokenizer, kind: str, args, num_proc: int = 1) -> tuple[list[dict], DataReport]:
+    """`collect_row` of every row, in order; ``num_proc`` > 1 encodes 1000+ rows in that many processes (the same
+    samples and report)."""
     report = DataReport(rows=len(rows))
     samples = []
-    for row in rows:
-        collect_row(row, tokenizer, kind, args, report, samples)
+    if num_proc <= 1 or len(rows) < 1000:
+        for row in rows:
+            collect_row(row, tokenizer, kind, args, report, samples)
+        return samples, report
+    import multiprocessing as mp
+
+    chunks = [rows[i:i + CHUNK] for i in range(0, len(rows), CHUNK)]
+    with mp.get_context('fork').Pool(num_proc, initializer=_init_worker, initargs=(tokenizer, kind, args)) as pool:
+        for got, part in pool.imap(_encode_in_worker, chunks):
+            samples += got
+            report.merge(part)
+    return samples, report
+
+
+_WORKER: tuple | None = None
+
+
+def _init_worker(tokenizer, kind: str, args) -> None:
+    global _WORKER
+    _WORKER = tokenizer, kind, args
+
+
+def _encode_in_worker(chunk: list) -> tuple[list[dict], DataReport]:
+    tokenizer, kind, args = _WORKER
+    report, samples = DataReport(), []
+    for row in chunk:
+        collect_row(row, tokenizer, kind, args, report, samples)  # --strict: the DataError reaches the parent
     return samples, report
 
 
@@ -153,12 +194,47 @@ def _with_prompt_ids(sample: dict) -> dict:
     return sample
 
 
-def _sft_with_prompts(rows, tokenizer, args) -> tuple[list[dict], DataReport]:
+def _sft_with_prompts(rows, tokenizer, args, num_proc: int = 1) -> tuple[list[dict], DataReport]:
     """gkd: SFT encoding of the last answer, with its prompt ids."""
     samples, report = encode_rows(rows, tokenizer, 'sft', args.max_length, args.truncation_strategy,
                                   loss_scale='last_round', system=args.system, columns=args.columns,
-                                  strict=getattr(args, 'strict', False))
+                                  num_proc=num_proc, strict=getattr(args, 'strict', False))
     return [_with_prompt_ids(s) for s in samples], report
+
+
+def _report_of(raw) -> DataReport | None:
+    try:
+        return DataReport(**raw)
+    except TypeError:  # an entry of another lmforge version: encode again
+        return None
+
+
+def encode_spec(spec: str, tokenizer, kind: str, args, seed: int, log=print) -> tuple[list[dict], DataReport]:
+    """The encoded rows of one --dataset spec and their report, through the on-disk cache (`lmforge.data.cache`).
+    Rows that the cache cannot hold exactly (GRPO/PPO reward columns that JSON would change) are encoded, used and
+    not cached."""
+    from lmforge.data import cache
+
+    use_hf = getattr(args, 'use_hf', None)
+    # everything that changes the rows; not --strict (it only decides whether a bad row stops the run)
+    options = dict(rlhf_type=args.rlhf_type, max_length=args.max_length, truncation_strategy=args.truncation_strategy,
+                   system=args.system, columns=args.columns, seed=seed)
+    key = cache.cache_key(spec, tokenizer, options, use_hf, code_files=CODE_FILES)
+    hit = cache.load_records(key) if key and getattr(args, 'load_from_cache_file', True) else None
+    report = _report_of(hit[1]) if hit is not None else None
+    if report is not None:
+        samples = hit[0]
+        log(f'{spec}: {len(samples)} encoded rows from the cache ({os.path.join(cache.cache_root(), key)})')
+        if getattr(args, 'strict', False) and report.invalid:
+            raise DataError(f'invalid row (--strict): {report.invalid[0]}')
+        return samples, report
+    rows = load_rows([spec], seed, use_hf)
+    num_proc = getattr(args, 'dataset_num_proc', 1) or 1
+    samples, report = _sft_with_prompts(rows, tokenizer, args, num_proc) if kind == 'sft' else \
+        encode_rlhf_rows(rows, tokenizer, kind, args, num_proc)
+    if key:
+        cache.save_records(key, samples, report, ID_COLUMNS[kind])
+    return samples, report
 
 
 class RlhfStream(StreamingDataset):
@@ -215,9 +291,7 @@ def build_rlhf_datasets(args, tokenizer, log=print) -> tuple:
     def encode(specs, mix=None):
         parts, report = [], DataReport()
         for spec in specs:
-            rows = load_rows([spec], seed, getattr(args, 'use_hf', None))
-            got, part = _sft_with_prompts(rows, tokenizer, args) if kind == 'sft' else \
-                encode_rlhf_rows(rows, tokenizer, kind, args)
+            got, part = encode_spec(spec, tokenizer, kind, args, seed, log)
             parts.append(got)
             report.merge(part)
         mix = mix or Mix()
