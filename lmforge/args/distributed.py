@@ -20,7 +20,8 @@ class DistributedArgs:
     ddp_backend: Optional[str] = arg(None, 'torch.distributed backend; default nccl on CUDA, gloo on CPU',
                                      choices=('nccl', 'gloo', 'hccl', 'mpi', 'ccl', 'xccl'))
     ddp_timeout: int = arg(18000, 'seconds a process waits for the others (collectives, dataset preprocessing)')
-    ddp_find_unused_parameters: Optional[bool] = arg(None, 'DDP: look for parameters without gradients each step')
+    ddp_find_unused_parameters: Optional[bool] = arg(None, 'DDP: look for parameters without gradients each step '
+                                                           '(unset: only for MoE models, LISA and PPO)')
 
     def validate_distributed(self):
         import os

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -329,12 +328,10 @@ def _load_named_adapters(model, named: dict, merge_first: bool):
         model = model.merge_and_unload()
     for i, (name, path) in enumerate(named.items()):
         try:
-            with warnings.catch_warnings():  # peft asks about gradient checkpointing by a deprecated name
-                warnings.simplefilter('ignore', FutureWarning)
-                if i == 0:
-                    model = PeftModel.from_pretrained(model, path, adapter_name=name)
-                else:
-                    model.load_adapter(path, adapter_name=name)
+            if i == 0:
+                model = PeftModel.from_pretrained(model, path, adapter_name=name)
+            else:
+                model.load_adapter(path, adapter_name=name)
         except (OSError, ValueError) as e:
             raise ModelError(f'could not load the adapter {name}={path}: {e}') from None
     return model

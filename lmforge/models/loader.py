@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 
 from lmforge.errors import ModelError
 from lmforge.hub import resolve_model
+
+# peft 0.21 asks every model for `is_gradient_checkpointing`, which transformers 5.23 deprecates with a warning per
+# process and adapter: not the user's doing, nothing they could change
+warnings.filterwarnings('ignore', message='`is_gradient_checkpointing` is deprecated', category=FutureWarning)
 
 
 def pick_device() -> str:

@@ -15,11 +15,15 @@ The reference model of a freshly initialised LoRA adapter is the base with adapt
 into a "ref" adapter when it is handed a `PeftModel`; `use_disabled_adapter_as_reference` removes that copy, so the
 reference forward runs the base weights alone. When training continues existing adapters (``--adapters``), the copy
 stays: the reference is the model as it was before this run.
+
+Under several processes, dpo, kto, rm, orpo, cpo and simpo train each row once per epoch (`PaddingRowsMixin`):
+accelerate would complete the epoch's last global batch with rows from its start, trained twice.
 """
 from __future__ import annotations
 
 import torch
 
+from lmforge.train.sharding import PaddingRowsMixin
 from lmforge.train.trainer import LmTrainerMixin
 
 
@@ -54,7 +58,7 @@ def _is_pretokenized(dataset, *columns) -> bool:
 def dpo_trainer_class():
     from trl import DPOTrainer
 
-    class LmDPOTrainer(CountingMixin, LmTrainerMixin, DPOTrainer):
+    class LmDPOTrainer(PaddingRowsMixin, CountingMixin, LmTrainerMixin, DPOTrainer):
         rows_per_sequence = 2
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -68,7 +72,7 @@ def dpo_trainer_class():
 def kto_trainer_class():
     from trl import KTOTrainer
 
-    class LmKTOTrainer(CountingMixin, LmTrainerMixin, KTOTrainer):
+    class LmKTOTrainer(PaddingRowsMixin, CountingMixin, LmTrainerMixin, KTOTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             if not _is_pretokenized(dataset, 'prompt_ids', 'completion_ids', 'label'):
                 return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
@@ -93,7 +97,7 @@ def legacy_pair_columns(row: dict) -> dict:
 
 
 def _legacy_pair_trainer(base):
-    class Legacy(CountingMixin, LmTrainerMixin, base):
+    class Legacy(PaddingRowsMixin, CountingMixin, LmTrainerMixin, base):
         def tokenize_row(self, feature, model=None):
             if 'chosen_labels' in feature:
                 return {}  # already in the legacy layout (legacy_pair_columns)
@@ -134,7 +138,7 @@ def cpo_trainer_class():
 def reward_trainer_class():
     from trl import RewardTrainer
 
-    class LmRewardTrainer(CountingMixin, LmTrainerMixin, RewardTrainer):
+    class LmRewardTrainer(PaddingRowsMixin, CountingMixin, LmTrainerMixin, RewardTrainer):
         rows_per_sequence = 2
 
     return LmRewardTrainer

@@ -157,6 +157,23 @@ def is_main_process() -> bool:
     return int(os.environ.get('RANK', '0')) == 0
 
 
+MOE_CONFIG_KEYS = ('num_experts', 'num_local_experts', 'n_routed_experts', 'moe_num_experts')
+
+
+def find_unused_parameters(args, model) -> bool:
+    """``--ddp_find_unused_parameters``, or when unset: True only where a step can leave trainable parameters without
+    a gradient: mixture-of-experts models (unrouted experts), LISA (it freezes layers after DDP wrapped them) and
+    PPO (rollouts and value updates use different parts). Elsewhere every trainable parameter is used, and DDP's
+    search would cost a graph traversal per step and print a warning on every rank."""
+    if args.ddp_find_unused_parameters is not None:
+        return args.ddp_find_unused_parameters
+    if getattr(args, 'lisa_activated_layers', 0) or getattr(args, 'rlhf_type', None) == 'ppo':
+        return True
+    config = getattr(model, 'config', None)
+    config = config.get_text_config() if hasattr(config, 'get_text_config') else config
+    return any(getattr(config, key, None) for key in MOE_CONFIG_KEYS)
+
+
 def deepspeed_config(value: str | None) -> str | dict | None:
     """A preset name -> the bundled config (its "auto" values are filled by transformers from the training
     arguments: batch size, accumulation, clipping, dtype); a path -> the user's JSON, as is."""

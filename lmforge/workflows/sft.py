@@ -218,7 +218,7 @@ def _training_args(args, dtype, device: str, has_eval: bool, model=None, extra: 
     import torch
     from transformers import TrainingArguments
 
-    from lmforge.train.distributed import deepspeed_config, fsdp_config
+    from lmforge.train.distributed import deepspeed_config, find_unused_parameters, fsdp_config
 
     report = [r for r in args.report_to if r != 'auto']
     if args.report_to == ['auto']:
@@ -245,7 +245,7 @@ def _training_args(args, dtype, device: str, has_eval: bool, model=None, extra: 
         deepspeed=deepspeed_config(args.deepspeed), fsdp=bool(args.fsdp) or None,
         fsdp_config=fsdp_config(args.fsdp, model, args.gradient_checkpointing),
         ddp_backend=args.ddp_backend, ddp_timeout=args.ddp_timeout,
-        ddp_find_unused_parameters=args.ddp_find_unused_parameters,
+        ddp_find_unused_parameters=find_unused_parameters(args, model),
         report_to=report or 'none', dataloader_num_workers=args.dataloader_num_workers,
         dataloader_pin_memory=device != 'cpu',
         use_cpu=device == 'cpu',  # also what makes several CPU processes (torchrun) train as one (gloo)

@@ -1,5 +1,6 @@
 """Several processes through torchrun (gloo on CPU): each sample trained once per epoch, the same steps and losses as
-one process with the whole batch, one set of checkpoints and logs, SIGTERM on any rank, two nodes, DPO, FSDP2."""
+one process with the whole batch, one set of checkpoints and logs, SIGTERM on any rank, two nodes, DPO and reward
+models, FSDP2."""
 import collections
 import importlib.util
 import json
@@ -48,6 +49,25 @@ def refusal(capsys, argv):
 
 
 @pytest.mark.skipif(importlib.util.find_spec('deepspeed') is not None, reason='deepspeed is installed')
+def test_ddp_looks_for_unused_parameters_only_where_a_step_can_leave_some():
+    from types import SimpleNamespace
+
+    from transformers import Qwen2Config, Qwen2MoeConfig
+
+    from lmforge.train.distributed import find_unused_parameters
+
+    dense, moe = SimpleNamespace(config=Qwen2Config()), SimpleNamespace(config=Qwen2MoeConfig())
+    args = SimpleNamespace(ddp_find_unused_parameters=None, lisa_activated_layers=0)
+    assert find_unused_parameters(args, dense) is False
+    assert find_unused_parameters(args, moe) is True  # experts no token was routed to
+    assert find_unused_parameters(SimpleNamespace(**vars(args), rlhf_type='ppo'), dense) is True
+    assert find_unused_parameters(SimpleNamespace(**vars(args), rlhf_type='dpo'), dense) is False
+    assert find_unused_parameters(SimpleNamespace(ddp_find_unused_parameters=None, lisa_activated_layers=2), dense)
+    assert find_unused_parameters(SimpleNamespace(ddp_find_unused_parameters=True, lisa_activated_layers=0), dense)
+    assert find_unused_parameters(SimpleNamespace(ddp_find_unused_parameters=False, lisa_activated_layers=2),
+                                  moe) is False  # the flag wins
+
+
 def test_deepspeed_without_the_package_says_what_to_install(capsys, monkeypatch, qwen2_dir, chat_file):
     monkeypatch.setenv('NPROC_PER_NODE', '2')  # refused before the processes start, not once in each of them
     err = refusal(capsys, ['sft', '--model', qwen2_dir, '--dataset', chat_file, '--deepspeed', 'zero2'])
@@ -108,6 +128,7 @@ def test_two_processes_train_each_sample_once_per_epoch_like_one_process_with_th
               env={'NPROC_PER_NODE': '2', 'OMP_NUM_THREADS': '1', 'LMFORGE_TRACE_SAMPLES': str(traced)})
     assert two.returncode == 0, two.stderr[-3000:]
     assert 'launching: ' in two.stdout and 'torch.distributed.run --nproc_per_node=2' in two.stdout
+    assert 'find_unused_parameters=True' not in two.stderr and 'Warning' not in two.stderr  # quiet ranks
 
     # steps: ceil(10 / 4) = 3 an epoch, as on one process; the same loss at every step (token-averaged across
     # processes over the same samples)
@@ -270,30 +291,44 @@ def test_two_nodes_on_one_machine_pretrain_as_one_run(tmp_path, qwen2_dir):
     assert trace(traced, 0)[1] == trace(traced, 1)[1]
 
 
-def test_dpo_on_two_processes_trains_like_one_process_with_the_whole_batch(tmp_path, qwen2_dir):
+@pytest.mark.parametrize('kind', ['dpo', 'rm'])  # rm: a trained score head, whose padding rows are held at zeros
+def test_pairs_on_two_processes_are_trained_once_like_one_process_with_the_whole_batch(tmp_path, qwen2_dir, kind):
+    from safetensors.torch import load_file
+
     from lmforge import rlhf
     from tests.rlhf.helpers import letter_pairs
 
-    data = write_jsonl(tmp_path / 'pairs.jsonl', letter_pairs(16, seed=1))  # 4 global batches of 4: no remainder
-    common = dict(rlhf_type='dpo', model=qwen2_dir, dataset=[data], tuner_type='lora', lora_rank=8, max_steps=6,
+    # 7 pairs, 2 processes x 3 = one process x 6: 2 steps an epoch, the last with 1 pair. lmforge completes that
+    # global batch with padding pairs (rank 0: the pair and two padding ones, rank 1: padding only) trained with no
+    # gradient; accelerate alone would repeat 5 pairs from the start of the epoch.
+    data = write_jsonl(tmp_path / 'pairs.jsonl', letter_pairs(7, seed=1))
+    common = dict(rlhf_type=kind, model=qwen2_dir, dataset=[data], tuner_type='lora', lora_rank=8, num_train_epochs=2,
                   learning_rate=5e-3, logging_steps=1, save_steps=100, max_length=64, gradient_checkpointing=False,
                   report_to=['none'], torch_dtype='float32')
-    one = rlhf(output_dir=str(tmp_path / 'one'), per_device_train_batch_size=4, **common)
+    one = rlhf(output_dir=str(tmp_path / 'one'), per_device_train_batch_size=6, **common)
     argv = []
     for key, value in common.items():
         argv += [f'--{key}', *(value if isinstance(value, list) else ['false' if value is False else str(value)])]
-    two = run(argv + ['--output_dir', str(tmp_path / 'two'), '--per_device_train_batch_size', '2'],
+    two = run(argv + ['--output_dir', str(tmp_path / 'two'), '--per_device_train_batch_size', '3'],
               env={'NPROC_PER_NODE': '2', 'OMP_NUM_THREADS': '1'}, command='rlhf')
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count('[lmforge] done:') == 1
     a, b = losses(one['output_dir']), losses(tmp_path / 'two')
-    assert sorted(a) == sorted(b) == list(range(1, 7))
-    for step in a:  # per-process mean of the pairs' losses, gradients averaged: the mean over the global batch
+    assert sorted(a) == sorted(b) == list(range(1, 5))
+    assert b[3] < b[1]
+    if kind == 'dpo':
+        assert b[1] == pytest.approx(0.6931, abs=1e-3)  # LoRA starts as the reference: ln 2
+    # full steps: per-process means of the pairs' losses, gradients averaged, the mean over the global batch. Step 3
+    # also shows that step 2 (the single pair) updated the weights as on one process. Steps 2 and 4 log the padding
+    # pairs' values too (their gradient is zero).
+    for step in (1, 3):
         assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-6), (step, a, b)
-    assert b[1] == pytest.approx(0.6931, abs=1e-3) and b[6] < b[1]  # LoRA starts as the reference: ln 2
-    ckpt = tmp_path / 'two' / 'checkpoint-6'
-    assert sorted(n for n in os.listdir(tmp_path / 'two') if n.startswith('checkpoint-')) == ['checkpoint-6']
+    ckpt = tmp_path / 'two' / 'checkpoint-4'
+    assert sorted(n for n in os.listdir(tmp_path / 'two') if n.startswith('checkpoint-')) == ['checkpoint-4']
     assert {'adapter_model.safetensors', 'rng_state_0.pth', 'rng_state_1.pth'} <= set(os.listdir(ckpt))
+    w1 = load_file(os.path.join(one['output_dir'], 'checkpoint-4', 'adapter_model.safetensors'))
+    w2 = load_file(ckpt / 'adapter_model.safetensors')
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-4  # repeating 5 pairs: ~1e-2
 
 
 @pytest.mark.gpu
