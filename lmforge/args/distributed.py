@@ -21,7 +21,7 @@ class DistributedArgs:
                                      choices=('nccl', 'gloo', 'hccl', 'mpi', 'ccl', 'xccl'))
     ddp_timeout: int = arg(18000, 'seconds a process waits for the others (collectives, dataset preprocessing)')
     ddp_find_unused_parameters: Optional[bool] = arg(None, 'DDP: look for parameters without gradients each step '
-                                                           '(unset: only for MoE models, LISA and PPO)')
+                                                           '(unset: only for MoE models and LISA)')
 
     def validate_distributed(self):
         import os

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from lmforge.errors import ModelError
 from lmforge.hub import resolve_model
 
-# peft 0.21 asks every model for `is_gradient_checkpointing`, which transformers 5.23 deprecates with a warning per
-# process and adapter: not the user's doing, nothing they could change
-warnings.filterwarnings('ignore', message='`is_gradient_checkpointing` is deprecated', category=FutureWarning)
+# peft 0.21 and trl 1.16 call transformers 5.23's deprecated `is_gradient_checkpointing` /
+# `gradient_checkpointing_enable|disable`, a warning per process and call: not the user's doing, nothing they can change
+warnings.filterwarnings('ignore', message=r'`(is_)?gradient_checkpointing\w*` is deprecated', category=FutureWarning)
 
 
 def pick_device() -> str:

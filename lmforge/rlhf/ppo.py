@@ -53,8 +53,11 @@ class PolicyWithValueHead(nn.Module):
     def config(self):
         return self.policy.config
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,
+                                        offload: bool = False):
+        """What the Trainer calls for --gradient_checkpointing (the policy's layers; the value head is one linear)."""
+        self.policy.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                                                    every_n_layers=every_n_layers, offload=offload)
 
     def forward(self, input_ids, attention_mask, position_ids=None):
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

@@ -162,12 +162,12 @@ MOE_CONFIG_KEYS = ('num_experts', 'num_local_experts', 'n_routed_experts', 'moe_
 
 def find_unused_parameters(args, model) -> bool:
     """``--ddp_find_unused_parameters``, or when unset: True only where a step can leave trainable parameters without
-    a gradient: mixture-of-experts models (unrouted experts), LISA (it freezes layers after DDP wrapped them) and
-    PPO (rollouts and value updates use different parts). Elsewhere every trainable parameter is used, and DDP's
-    search would cost a graph traversal per step and print a warning on every rank."""
+    a gradient: mixture-of-experts models (unrouted experts) and LISA (it freezes layers after DDP wrapped them).
+    Elsewhere every trainable parameter is used (PPO's policy and value head included), and DDP's search would cost a
+    graph traversal per step and print a warning on every rank."""
     if args.ddp_find_unused_parameters is not None:
         return args.ddp_find_unused_parameters
-    if getattr(args, 'lisa_activated_layers', 0) or getattr(args, 'rlhf_type', None) == 'ppo':
+    if getattr(args, 'lisa_activated_layers', 0):
         return True
     config = getattr(model, 'config', None)
     config = config.get_text_config() if hasattr(config, 'get_text_config') else config

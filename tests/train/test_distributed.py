@@ -60,8 +60,6 @@ def test_ddp_looks_for_unused_parameters_only_where_a_step_can_leave_some():
     args = SimpleNamespace(ddp_find_unused_parameters=None, lisa_activated_layers=0)
     assert find_unused_parameters(args, dense) is False
     assert find_unused_parameters(args, moe) is True  # experts no token was routed to
-    assert find_unused_parameters(SimpleNamespace(**vars(args), rlhf_type='ppo'), dense) is True
-    assert find_unused_parameters(SimpleNamespace(**vars(args), rlhf_type='dpo'), dense) is False
     assert find_unused_parameters(SimpleNamespace(ddp_find_unused_parameters=None, lisa_activated_layers=2), dense)
     assert find_unused_parameters(SimpleNamespace(ddp_find_unused_parameters=True, lisa_activated_layers=0), dense)
     assert find_unused_parameters(SimpleNamespace(ddp_find_unused_parameters=False, lisa_activated_layers=2),
