@@ -123,12 +123,16 @@ class Sequence:
 
     def _held_back(self) -> int:
         """Length of the longest tail of the text that is the start of a stop string."""
-        best = 0
+        best, full = 0, self._full
         for s in self._stops:
-            for k in range(min(len(s) - 1, len(self._full)), best, -1):
-                if self._full.endswith(s[:k]):
-                    best = k
+            # Only tails that start with the stop string's first character can be its start: trying those alone,
+            # longest first, keeps a long stop string from costing O(len(text)^2) per token.
+            at = len(full) - min(len(s) - 1, len(full))
+            while (at := full.find(s[0], at)) >= 0 and len(full) - at > best:
+                if s.startswith(full[at:]):
+                    best = len(full) - at
                     break
+                at += 1
         return best
 
     def _release(self, upto: int, final: bool = False) -> None:

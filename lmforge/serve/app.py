@@ -15,6 +15,7 @@ import contextlib
 import hmac
 import json
 import os
+import re
 import time
 
 from fastapi import FastAPI, Request
@@ -89,12 +90,12 @@ def create_app(engine, served_model_name: str | None = None, api_key: str | None
     @app.post('/v1/chat/completions')
     async def chat_completions(request: Request):
         req = _parse(ChatCompletionRequest, await read_json(request, state.max_request_bytes))
-        return await chat(state, req)
+        return await chat(state, req, request)
 
     @app.post('/v1/completions')
     async def completions(request: Request):
         req = _parse(CompletionRequest, await read_json(request, state.max_request_bytes))
-        return await complete(state, req)
+        return await complete(state, req, request)
 
     @app.post('/v1/embeddings')
     async def embeddings(request: Request):
@@ -186,29 +187,30 @@ class AuthMiddleware:
         self.api_key = api_key.encode() if api_key else None
         self.jwt_secret = jwt_secret
 
-    def _reject(self, token: bytes, scheme: bytes) -> str | None:
-        """Why the request is refused, or None."""
-        if not token:
+    def _reject(self, header: bytes) -> str | None:
+        """Why a request with this Authorization header is refused, or None."""
+        if not header.strip():
             return 'Missing API key: send the header "Authorization: Bearer <key>".'
-        if scheme.lower() != b'bearer':
-            return 'Incorrect API key provided.'
-        token = token.strip()
+        parts = header.split(None, 1)
+        if len(parts) != 2 or parts[0].lower() != b'bearer':  # "<key>", "Basic ...", "Bearer" alone
+            return 'Malformed Authorization header: send "Authorization: Bearer <key>".'
+        token = parts[1].strip()
         if self.api_key and hmac.compare_digest(token, self.api_key):
             return None
         if self.jwt_secret:
             import jwt
             try:
-                jwt.decode(token.decode(), self.jwt_secret, algorithms=['HS256'], options={'require': ['exp']})
+                jwt.decode(token.decode('latin-1'), self.jwt_secret, algorithms=['HS256'],
+                           options={'require': ['exp']})
                 return None
             except jwt.PyJWTError as e:
                 return f'Invalid token: {e}.'
         return 'Incorrect API key provided.'
 
     async def __call__(self, scope, receive, send):
-        if (self.api_key or self.jwt_secret) and scope['type'] == 'http' and scope['path'].startswith('/v1'):
+        if (self.api_key or self.jwt_secret) and scope['type'] == 'http' and (scope['path'] + '/').startswith('/v1/'):
             header = dict(scope.get('headers') or []).get(b'authorization', b'')
-            scheme, _, token = header.partition(b' ')
-            message = self._reject(token, scheme)
+            message = self._reject(header)
             if message:
                 response = JSONResponse(error_body(401, message, code='invalid_api_key'), status_code=401,
                                         headers={'WWW-Authenticate': 'Bearer'})
@@ -246,13 +248,48 @@ async def read_json(request: Request, limit: int) -> dict:
             raise ApiError(413, f'The request body is over {limit} bytes (--max_request_bytes).',
                            code='request_too_large')
         chunks.append(chunk)
+    body = b''.join(chunks)
     try:
-        data = json.loads(b''.join(chunks))
+        data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, f'The request body is not valid JSON: {e}', code='invalid_json') from None
+        kind = request.headers.get('content-type', '').split(';')[0].strip()
+        hint = f' (it was sent as {kind}; send JSON as application/json)' if kind and 'json' not in kind else ''
+        raise ApiError(400, f'The request body is not valid JSON{hint}: {e}', code='invalid_json') from None
+    except RecursionError:
+        raise ApiError(400, 'The request body is not valid JSON: it is nested too deeply.',
+                       code='invalid_json') from None
     if not isinstance(data, dict):
         raise ApiError(400, 'The request body must be a JSON object.', code='invalid_json')
+    if _SURROGATE_ESCAPE.search(body):  # "\ud800" alone: a str no tokenizer or JSON encoder takes
+        where = _lone_surrogate(data)
+        if where is not None:
+            raise ApiError(400, f'{where}: contains a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair), '
+                                'which is not a Unicode character.', param=where, code='invalid_value')
     return data
+
+
+_SURROGATE_ESCAPE = re.compile(rb'\\u[dD][89a-fA-F]')
+
+
+def _lone_surrogate(data) -> str | None:
+    """The path ("messages.0.content") of a string in ``data`` (keys included) with a lone surrogate (JSON
+    decodes an escaped pair to one character, so any surrogate left is unpaired), or None."""
+    stack = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if _SURROGATE.search(key):
+                    return '.'.join(map(str, path + (key,)))
+                stack.append((path + (key,), item))
+        elif isinstance(value, list):
+            stack.extend((path + (i,), item) for i, item in enumerate(value))
+        elif isinstance(value, str) and _SURROGATE.search(value):
+            return '.'.join(map(str, path)) or None
+    return None
+
+
+_SURROGATE = re.compile('[\ud800-\udfff]')
 
 
 def _parse(model, data: dict):

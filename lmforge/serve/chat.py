@@ -19,6 +19,16 @@ if TYPE_CHECKING:
 
 
 ROLES = {'system': 'system', 'developer': 'system', 'user': 'user', 'assistant': 'assistant', 'tool': 'tool'}
+MAX_DEPTH = 64  # of the JSON the template renders (tools, call arguments): deeper would exhaust its recursion
+
+
+def check_depth(value, param: str) -> None:
+    stack = [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            check(depth <= MAX_DEPTH, param, f'is nested more than {MAX_DEPTH} levels deep')
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
 
 
 def chat_messages(req: ChatCompletionRequest) -> list[dict]:
@@ -31,10 +41,11 @@ def chat_messages(req: ChatCompletionRequest) -> list[dict]:
         msg = {'role': role, 'content': _text_content(m.content, i, optional=role == 'assistant')}
         if m.tool_calls:
             check(role == 'assistant', f'messages.{i}.tool_calls', 'only assistant messages have tool calls')
-            msg['tool_calls'] = [_template_call(c, i) for c in m.tool_calls]
+            msg['tool_calls'] = [_template_call(c, i, k) for k, c in enumerate(m.tool_calls)]
         if role == 'tool':
-            if m.tool_call_id is not None:
-                msg['tool_call_id'] = m.tool_call_id
+            check(m.tool_call_id is not None, f'messages.{i}.tool_call_id',
+                  'is required in a "tool" message: the id of the call it answers')
+            msg['tool_call_id'] = m.tool_call_id
             if m.name:
                 msg['name'] = m.name
         if m.reasoning_content:
@@ -49,6 +60,7 @@ def _text_content(content, i: int, optional: bool) -> str:
         return ''
     if isinstance(content, str):
         return content
+    check(bool(content) or optional, f'messages.{i}.content', 'must not be an empty list of parts')
     texts = []
     for j, part in enumerate(content):
         check(part.type == 'text' and part.text is not None, f'messages.{i}.content.{j}',
@@ -57,23 +69,43 @@ def _text_content(content, i: int, optional: bool) -> str:
     return '\n'.join(texts)
 
 
-def _template_call(call: dict, i: int) -> dict:
-    """An OpenAI tool call with its JSON-string arguments parsed, as chat templates expect them."""
+def _template_call(call: dict, i: int, k: int) -> dict:
+    """An OpenAI tool call with its JSON-string arguments parsed, as chat templates expect them (a mapping: a string
+    that is not a JSON object would be rendered as a quoted string, or break the template)."""
     fn = call.get('function') if isinstance(call, dict) else None
     check(isinstance(fn, dict) and isinstance(fn.get('name'), str), f'messages.{i}.tool_calls',
           'each call needs {"function": {"name": ..., "arguments": ...}}')
-    args = fn.get('arguments', {})
+    args = fn.get('arguments')
     if isinstance(args, str):
         try:
             args = json.loads(args) if args.strip() else {}
-        except ValueError:
-            pass  # the template gets the string as it is
-    return {'id': call.get('id'), 'type': 'function', 'function': {'name': fn['name'], 'arguments': args}}
+        except (ValueError, RecursionError):
+            pass
+    check(args is None or isinstance(args, dict), f'messages.{i}.tool_calls.{k}.function.arguments',
+          'must be a JSON object, as a string (what a tool call\'s arguments are)')
+    check_depth(args, f'messages.{i}.tool_calls.{k}.function.arguments')
+    return {'id': call.get('id'), 'type': 'function', 'function': {'name': fn['name'], 'arguments': args or {}}}
 
 
 def chat_tools(req: ChatCompletionRequest) -> list | None:
     """The tools to render (None when there are none or tool_choice is "none")."""
+    names = set()
+    for k, tool in enumerate(req.tools or []):
+        fn = tool.get('function')
+        check(tool.get('type', 'function') == 'function' and isinstance(fn, dict) and isinstance(fn.get('name'), str),
+              f'tools.{k}', 'each tool is {"type": "function", "function": {"name": ..., "parameters": ...}}')
+        check(bool(fn['name']), f'tools.{k}.function.name', 'must not be empty')
+        check(isinstance(fn.get('parameters', {}), dict), f'tools.{k}.function.parameters',
+              'must be a JSON Schema object')
+        check_depth(tool, f'tools.{k}')
+        names.add(fn['name'])
     choice = req.tool_choice
+    if isinstance(choice, dict):
+        check_depth(choice, 'tool_choice')
+        fn = choice.get('function')
+        name = fn.get('name') if isinstance(fn, dict) else None
+        check(isinstance(name, str), 'tool_choice', 'a named choice is {"type": "function", "function": {"name": ...}}')
+        check(name in names, 'tool_choice', f'names the tool {name!r}, which is not in tools')
     if isinstance(choice, dict) or choice not in (None, 'auto', 'none'):
         raise ApiError(400, f'tool_choice {json.dumps(choice)} is not supported by this engine (it cannot force a '
                             'call); use "auto" or "none".', param='tool_choice', code='unsupported_value')
@@ -81,10 +113,6 @@ def chat_tools(req: ChatCompletionRequest) -> list | None:
     check(fmt == 'text', 'response_format', f'type {fmt!r} is not supported by this engine; only "text"')
     if not req.tools or choice == 'none':
         return None
-    for k, tool in enumerate(req.tools):
-        fn = tool.get('function')
-        check(tool.get('type', 'function') == 'function' and isinstance(fn, dict) and isinstance(fn.get('name'), str),
-              f'tools.{k}', 'each tool is {"type": "function", "function": {"name": ..., "parameters": ...}}')
     return req.tools
 
 
@@ -121,7 +149,7 @@ def chat_logprobs(engine, entries: list) -> dict:
                         for e in content_logprobs(engine, entries)]}
 
 
-async def chat(state: ServerState, req: ChatCompletionRequest):
+async def chat(state: ServerState, req: ChatCompletionRequest, request=None):
     name, adapter = state.resolve_model(req.model)
     messages = chat_messages(req)
     tools = chat_tools(req)
@@ -144,7 +172,7 @@ async def chat(state: ServerState, req: ChatCompletionRequest):
         return streaming(chat_stream(state, gen, meta, len(prompt), tools is not None, req.logprobs, include_usage),
                          slot, gen)
     try:
-        rows = await gen.wait()
+        rows = await gen.wait(request)
     finally:
         slot.release()
     choices = []

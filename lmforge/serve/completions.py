@@ -15,6 +15,8 @@ from lmforge.serve.protocol import CompletionRequest
 if TYPE_CHECKING:
     from lmforge.serve.app import ServerState
 
+MAX_PROMPTS = 2048  # prompts, and completions (prompts x n), per request: one request cannot flood the engine
+
 
 def completion_prompts(engine, prompt) -> list[tuple[str | None, list[int]]]:
     """(text or None, token ids) of each prompt: strings are tokenized as they are (no chat template)."""
@@ -23,6 +25,7 @@ def completion_prompts(engine, prompt) -> list[tuple[str | None, list[int]]]:
     if prompt and isinstance(prompt[0], int):
         prompt = [prompt]
     check(bool(prompt), 'prompt', 'must not be empty')
+    check(len(prompt) <= MAX_PROMPTS, 'prompt', f'at most {MAX_PROMPTS} prompts per request, got {len(prompt)}')
     vocab = vocab_size(engine)
     out = []
     for k, p in enumerate(prompt):
@@ -54,7 +57,7 @@ def completion_logprobs(engine, token_ids: list[int], entries: list, offset: int
     return {'tokens': tokens, 'token_logprobs': token_logprobs, 'top_logprobs': top, 'text_offset': offsets}
 
 
-async def complete(state: ServerState, req: CompletionRequest):
+async def complete(state: ServerState, req: CompletionRequest, request=None):
     name, adapter = state.resolve_model(req.model)
     check(req.suffix is None, 'suffix', 'is not supported by this engine')
     check(req.best_of is None or req.best_of == req.n, 'best_of', 'is not supported by this engine (only = n)')
@@ -66,6 +69,8 @@ async def complete(state: ServerState, req: CompletionRequest):
     configs = []
     for budget in budgets:
         configs += row_configs(request_config(state, req, budget, want_lp, req.logprobs or 0), req.n)
+    check(len(configs) <= MAX_PROMPTS, 'n', f'at most {MAX_PROMPTS} completions per request (prompts x n), got '
+                                           f'{len(prompts)} x {req.n}')
     slot = state.acquire()
     try:
         echoes = []
@@ -87,7 +92,7 @@ async def complete(state: ServerState, req: CompletionRequest):
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return streaming(completion_stream(state, gen, meta, row_echo, want_lp, n_prompt, include_usage), slot, gen)
     try:
-        rows = await gen.wait()
+        rows = await gen.wait(request)
     finally:
         slot.release()
     choices = []

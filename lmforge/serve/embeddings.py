@@ -13,6 +13,8 @@ from lmforge.serve.protocol import ApiError, EmbeddingRequest
 if TYPE_CHECKING:
     from lmforge.serve.app import ServerState
 
+MAX_INPUTS = 2048
+
 
 async def embed(state: ServerState, req: EmbeddingRequest):
     name, adapter = state.resolve_model(req.model)
@@ -20,6 +22,7 @@ async def embed(state: ServerState, req: EmbeddingRequest):
     items = [req.input] if isinstance(req.input, str) or (req.input and isinstance(req.input[0], int)) \
         else list(req.input)
     check(bool(items), 'input', 'must not be empty')
+    check(len(items) <= MAX_INPUTS, 'input', f'at most {MAX_INPUTS} inputs per request (as OpenAI), got {len(items)}')
     hidden = engine.hidden_size
     check(req.dimensions is None or req.dimensions == hidden, 'dimensions',
           f'this model only gives {hidden}-dimensional embeddings')

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import re
 from typing import TYPE_CHECKING
 
 from starlette.background import BackgroundTask
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 MAX_N = 128
 MAX_LOGPROBS = 20
 MAX_STOP = 16
+_TOKEN_ID = re.compile(r'[0-9]{1,12}')  # ASCII digits only ("²".isdigit()), short enough for int()
 
 
 def check(ok: bool, param: str, message: str) -> None:
@@ -43,6 +45,7 @@ def request_config(state: ServerState, req, max_new_tokens: int, logprobs: bool 
     check(-2 <= req.presence_penalty <= 2, 'presence_penalty', f'must be in [-2, 2], got {req.presence_penalty}')
     check(-2 <= req.frequency_penalty <= 2, 'frequency_penalty', f'must be in [-2, 2], got {req.frequency_penalty}')
     check(1 <= req.n <= MAX_N, 'n', f'must be in [1, {MAX_N}], got {req.n}')
+    check(req.stream or req.stream_options is None, 'stream_options', 'is only allowed with "stream": true')
     if req.seed is not None:
         check(-(1 << 63) <= req.seed < (1 << 63), 'seed', 'must fit in 64 bits')
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
@@ -53,8 +56,8 @@ def request_config(state: ServerState, req, max_new_tokens: int, logprobs: bool 
         vocab = vocab_size(state.engine)
         bias = {}
         for key, value in req.logit_bias.items():
-            check(key.lstrip('-').isdigit() and 0 <= int(key) < vocab, 'logit_bias',
-                  f'keys are token ids in [0, {vocab}), got {key!r}')
+            check(_TOKEN_ID.fullmatch(key) is not None and int(key) < vocab, 'logit_bias',
+                  f'keys are token ids in [0, {vocab}), got {key[:40]!r}')
             check(-100 <= value <= 100, 'logit_bias', f'values are in [-100, 100], got {value}')
             bias[int(key)] = float(value)
     return RequestConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
@@ -134,9 +137,16 @@ class Generation:
         finally:
             self.state.generations.discard(self)
 
-    async def wait(self) -> list:
-        async for _ in self.events():
-            pass
+    async def wait(self, request=None) -> list:
+        """The rows once all have finished; with ``request``, they are cancelled if its client goes away first (an
+        answer nobody will read would hold its slot and the engine until max_tokens)."""
+        watcher = asyncio.ensure_future(self._cancel_on_disconnect(request)) if request is not None else None
+        try:
+            async for _ in self.events():
+                pass
+        finally:
+            if watcher is not None:
+                watcher.cancel()
         for row in self.rows:
             if row.finish_reason == 'error':
                 raise generation_error(row.error)
@@ -145,6 +155,12 @@ class Generation:
     def cancel(self) -> None:
         for row in self.rows:
             row.cancel()
+
+    async def _cancel_on_disconnect(self, request) -> None:
+        with contextlib.suppress(Exception):  # the body is read: what comes next is the disconnect
+            while (await request.receive())['type'] != 'http.disconnect':
+                pass
+            self.cancel()
 
 
 def generation_error(message: str | None) -> ApiError:
