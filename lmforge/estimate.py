@@ -74,11 +74,21 @@ def load_config(args):
     """The model's config from a local dir, a config.json, or a hub id (only config.json is fetched)."""
     from transformers import AutoConfig
 
+    from lmforge.hub import check_model_dir, looks_local
+
     name = args.model
     path = os.path.expanduser(name)
     if os.path.isfile(path):
         path = os.path.dirname(os.path.abspath(path))
-    elif not os.path.isdir(path):
+    elif os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, 'config.json')) and \
+                os.path.isfile(os.path.join(path, 'adapter_config.json')):
+            raise ModelError(f'--model: {name} is a LoRA checkpoint; estimate from its base model (the model it was '
+                             'trained on) with the same --tuner_type lora flags')
+        check_model_dir(path)
+    elif looks_local(name):
+        raise ModelError(f'--model: {name} does not exist')
+    else:
         path = _hub_config_dir(args)
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=args.trust_remote_code)

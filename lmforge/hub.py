@@ -6,6 +6,7 @@ says what to run.
 """
 from __future__ import annotations
 
+import json
 import os
 
 from lmforge.errors import ModelError
@@ -33,6 +34,24 @@ def check_model_dir(path: str, flag: str = 'model') -> str:
     if not any(os.path.isfile(os.path.join(path, f)) for f in ('config.json', 'adapter_config.json')):
         raise ModelError(f'--{flag}: {path} has no config.json: not a transformers model directory '
                          '(expected config.json next to the weights and tokenizer files)')
+    return path
+
+
+def check_adapter_dir(path: str, flag: str = 'adapters') -> str:
+    """A LoRA (PEFT) checkpoint: a directory whose adapter_config.json is a JSON object naming its peft_type."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists(path):
+        raise ModelError(f'--{flag}: {path} does not exist')
+    config = os.path.join(path, 'adapter_config.json')
+    if not os.path.isfile(config):
+        raise ModelError(f'--{flag}: {path} holds no adapter_config.json: not a LoRA checkpoint')
+    try:
+        with open(config, encoding='utf-8') as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ModelError(f'--{flag}: {config} is not valid JSON ({e})') from None
+    if not isinstance(data, dict) or not data.get('peft_type'):
+        raise ModelError(f'--{flag}: {config} names no peft_type: not the config of a PEFT adapter checkpoint')
     return path
 
 

@@ -1,6 +1,7 @@
 """Argument groups shared by several workflows (model, template, generation)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -55,3 +56,22 @@ class GenerationArgs:
             raise ArgumentError('top_k', f'must be >= 0, got {self.top_k}')
         if self.repetition_penalty <= 0:
             raise ArgumentError('repetition_penalty', f'must be positive, got {self.repetition_penalty}')
+
+
+def check_output_path(path: Optional[str], flag: str, is_dir: bool = True) -> None:
+    """An output path must be creatable: said now, not after the work it would have held is done."""
+    if not path:
+        return
+    full = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(full):
+        if is_dir and not os.path.isdir(full):
+            raise ArgumentError(flag, f'{path} is a file, not a directory')
+        if not is_dir and os.path.isdir(full):
+            raise ArgumentError(flag, f'{path} is a directory; give a file path (e.g. '
+                                      f'{os.path.join(path, "result.jsonl")})')
+        return
+    parent = os.path.dirname(full)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ArgumentError(flag, f'{path} cannot be created: {parent} is a file, not a directory')

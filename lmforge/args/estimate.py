@@ -46,3 +46,6 @@ class EstimateArgs(TunerArgs, ModelArgs):
                 raise ArgumentError(name, f'must be positive, got {getattr(self, name)}')
         if not 0 < self.trained_token_ratio <= 1:
             raise ArgumentError('trained_token_ratio', f'must be in (0, 1], got {self.trained_token_ratio}')
+        bad = [g for g in self.gpu_memory if g <= 0]
+        if bad:
+            raise ArgumentError('gpu_memory', f'GPU sizes must be positive (GB), got {bad[0]}')

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from lmforge.args.common import GenerationArgs, ModelArgs, TemplateArgs
+from lmforge.args.common import GenerationArgs, ModelArgs, TemplateArgs, check_output_path
 from lmforge.args.parse import arg
 from lmforge.errors import ArgumentError
 
@@ -62,4 +62,5 @@ class EvalArgs(GenerationArgs, TemplateArgs, ModelArgs):
             raise ArgumentError('eval_num_fewshot', f'must be >= 0, got {self.eval_num_fewshot}')
         if self.max_batch_size <= 0:
             raise ArgumentError('max_batch_size', f'must be positive, got {self.max_batch_size}')
+        check_output_path(self.eval_output_dir, 'eval_output_dir')
         self.validate_generation()

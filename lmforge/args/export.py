@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from lmforge.args.common import ModelArgs, TemplateArgs
+from lmforge.args.common import ModelArgs, TemplateArgs, check_output_path
 from lmforge.args.parse import arg
 from lmforge.errors import ArgumentError
 
@@ -82,3 +82,4 @@ class ExportArgs(TemplateArgs, ModelArgs):
             raise ArgumentError('max_length', f'must be at least 2, got {self.max_length}')
         if self.merge_tolerance is not None and self.merge_tolerance <= 0:
             raise ArgumentError('merge_tolerance', f'must be positive, got {self.merge_tolerance}')
+        check_output_path(self.output_dir, 'output_dir')

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from lmforge.args.common import GenerationArgs, ModelArgs, TemplateArgs
+from lmforge.args.common import GenerationArgs, ModelArgs, TemplateArgs, check_output_path
 from lmforge.args.parse import arg
 from lmforge.errors import ArgumentError
 
@@ -45,6 +45,7 @@ class InferArgs(GenerationArgs, TemplateArgs, ModelArgs):
             raise ArgumentError('model', 'is required: a model directory, hub id, or a checkpoint')
         if self.result_path and not self.val_dataset:
             raise ArgumentError('result_path', 'needs --val_dataset: the rows to answer')
+        check_output_path(self.result_path, 'result_path', is_dir=False)
         if self.max_batch_size <= 0:
             raise ArgumentError('max_batch_size', f'must be positive, got {self.max_batch_size}')
         validate_backend(self)

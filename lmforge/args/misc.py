@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from lmforge.args.common import check_output_path
 from lmforge.args.parse import arg
 from lmforge.errors import ArgumentError
 
@@ -24,6 +25,7 @@ class DownloadArgs:
     def validate(self):
         if not self.model:
             raise ArgumentError('model', 'is required: the hub id to download')
+        check_output_path(self.local_dir, 'local_dir')
 
 
 @dataclass
@@ -44,3 +46,4 @@ class DemoArgs:
             raise ArgumentError('max_steps', f'must be positive, got {self.max_steps}')
         if self.num_eval <= 0:
             raise ArgumentError('num_eval', f'must be positive, got {self.num_eval}')
+        check_output_path(self.output_dir, 'output_dir')

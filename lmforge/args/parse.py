@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import os
 import sys
 import types
@@ -20,6 +21,10 @@ import typing
 from typing import Any, Union
 
 from lmforge.errors import ArgumentError
+
+
+def _optional(tp) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp)
 
 
 def _unwrap(tp) -> tuple[Any, bool]:
@@ -50,6 +55,8 @@ def convert(field: dataclasses.Field, value: Any) -> Any:
     hints = typing.get_type_hints(_owner_of(field))
     base, is_list = _unwrap(hints[field.name])
     if value is None:
+        if not _optional(hints[field.name]):  # YAML `key:` or `key: null`, or a keyword argument None
+            raise ArgumentError(field.name, f'needs a value (default: {_default_text(field)}); got none')
         return None
     if is_list:
         if isinstance(value, str):
@@ -68,10 +75,12 @@ def _scalar(field, base, value):
         if isinstance(value, bool):
             raise ArgumentError(name, f'expected a number, got {value!r}')
         try:
-            out = base(value) if base is float or isinstance(value, int) else int(str(value), 0)
+            out = base(value) if base is float or isinstance(value, int) else _int(str(value))
         except (TypeError, ValueError):
             kind = 'an integer' if base is int else 'a number'
             raise ArgumentError(name, f'expected {kind}, got {value!r}') from None
+        if not math.isfinite(out):
+            raise ArgumentError(name, f'expected a finite number, got {value!r}')
     elif base is dict:
         if isinstance(value, str):
             try:
@@ -82,6 +91,8 @@ def _scalar(field, base, value):
             raise ArgumentError(name, f'expected a JSON object, got {value!r}')
         out = value
     else:
+        if isinstance(value, (dict, list, tuple)):
+            raise ArgumentError(name, f'expected a single value, got {value!r}')
         out = str(value) if not isinstance(value, str) else value
     choices = field.metadata.get('choices')
     if choices and out not in choices:
@@ -89,6 +100,14 @@ def _scalar(field, base, value):
         extra = f' Did you mean {hint[0]!r}?' if hint else ''
         raise ArgumentError(name, f'invalid value {out!r}; choose one of {", ".join(map(str, choices))}.{extra}')
     return out
+
+
+def _int(text: str) -> int:
+    """Decimal (leading zeros allowed: 007) or 0x/0o/0b literals."""
+    try:
+        return int(text)
+    except ValueError:
+        return int(text, 0)
 
 
 _OWNERS: dict[int, type] = {}
@@ -118,7 +137,7 @@ def from_mapping(cls, values: dict, source: str) -> dict:
     fields = fields_of(cls)
     out = {}
     for key, value in values.items():
-        key = key.replace('-', '_')
+        key = str(key).replace('-', '_')
         if key not in fields:
             raise unknown_key_error(cls, key, source)
         out[key] = convert(fields[key], value)

@@ -2,12 +2,14 @@
 reinforcement-learning settings of each --rlhf_type."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
 from lmforge.args.parse import arg
 from lmforge.args.train import SftArgs
 from lmforge.errors import ArgumentError
+from lmforge.hub import check_model_dir, looks_local
 
 RLHF_TYPES = ('dpo', 'orpo', 'simpo', 'cpo', 'kto', 'rm', 'ppo', 'grpo', 'gkd')
 PAIRED = ('dpo', 'orpo', 'simpo', 'cpo', 'rm')   # trained on chosen/rejected pairs
@@ -199,6 +201,17 @@ class RlhfArgs(SftArgs):
             raise ArgumentError('teacher_model', f'is used by gkd, not {kind}')
         if self.use_vllm and kind != 'grpo':
             raise ArgumentError('use_vllm', f'is supported for grpo, not {kind}')
+        self.validate_model_paths()
+
+    def validate_model_paths(self):
+        """Local --ref_model / --teacher_model / --reward_model paths are checked now, named by their own flag."""
+        for flag in ('ref_model', 'teacher_model', 'reward_model'):
+            value = getattr(self, flag)
+            for spec in value if isinstance(value, list) else [value]:
+                if spec and looks_local(spec):
+                    if not os.path.exists(os.path.expanduser(spec)):
+                        raise ArgumentError(flag, f'{spec} does not exist')
+                    check_model_dir(spec, flag)
 
     @property
     def beta_value(self) -> float | None:

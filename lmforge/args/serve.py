@@ -1,6 +1,7 @@
 """Arguments of `lmforge serve` (alias `lmforge deploy`)."""
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Optional
@@ -9,6 +10,7 @@ from lmforge.args.common import GenerationArgs, ModelArgs, TemplateArgs
 from lmforge.args.infer import BACKEND_HELP, ENGINE_KWARGS_HELP, INFER_BACKENDS, validate_backend
 from lmforge.args.parse import arg
 from lmforge.errors import ArgumentError
+from lmforge.hub import check_adapter_dir
 
 ADAPTER_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._:/-]*$')
 
@@ -59,6 +61,9 @@ class ServeArgs(GenerationArgs, TemplateArgs, ModelArgs):
         if self.api_key is not None and not self.api_key.strip():
             raise ArgumentError('api_key', 'is empty')
         plain, named = split_adapters(self.adapters)
+        for path in [*plain, *named.values()]:
+            if os.path.isdir(os.path.expanduser(path)):  # a missing one is the engine's to report
+                check_adapter_dir(path)
         if not self.model and not plain and not named:
             raise ArgumentError('model', 'is required')
         if self.served_model_name and self.served_model_name in named:

@@ -5,10 +5,11 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from lmforge.args.common import ModelArgs, TemplateArgs
+from lmforge.args.common import ModelArgs, TemplateArgs, check_output_path
 from lmforge.args.distributed import DistributedArgs
 from lmforge.args.parse import arg
 from lmforge.errors import ArgumentError
+from lmforge.hub import check_adapter_dir
 
 TUNER_TYPES = ('lora', 'full', 'adalora', 'vera', 'boft', 'fourierft', 'miss', 'bone', 'adapter', 'llamapro',
                'longlora', 'reft')
@@ -73,6 +74,7 @@ class DataArgs:
         if self.shuffle_buffer_size <= 0:
             raise ArgumentError('shuffle_buffer_size', f'must be positive, got {self.shuffle_buffer_size}')
         self.validate_mixing()
+        self.validate_columns()
         if self.streaming:
             if getattr(self, 'max_steps', 1) <= 0:
                 raise ArgumentError('max_steps', 'is required with --streaming: a stream has no length, so the run '
@@ -80,6 +82,13 @@ class DataArgs:
             if self.split_dataset_ratio > 0:
                 raise ArgumentError('split_dataset_ratio', 'cannot hold rows out of a stream; pass --val_dataset '
                                                            'with --streaming')
+
+    def validate_columns(self):
+        columns = self.columns or {}
+        bad = next(((k, v) for k, v in columns.items() if not isinstance(v, str) or not v or not k), None)
+        if bad:
+            raise ArgumentError('columns', f'maps column names to column names, JSON \'{{"src": "dst"}}\'; got '
+                                           f'{bad[0]!r}: {bad[1]!r}')
 
     def validate_mixing(self):
         probs = self.interleave_prob
@@ -294,6 +303,9 @@ class TrainArgs:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ArgumentError(name, f'must be positive, got {getattr(self, name)}')
+        for name in ('warmup_steps', 'dataloader_num_workers', 'weight_decay', 'max_grad_norm'):
+            if getattr(self, name) < 0:
+                raise ArgumentError(name, f'must be >= 0, got {getattr(self, name)}')
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ArgumentError('max_steps', 'and --num_train_epochs are both 0: set one of them to train at all')
         if self.learning_rate is not None and self.learning_rate <= 0:
@@ -308,6 +320,9 @@ class TrainArgs:
         if report:
             raise ArgumentError('report_to', f'unknown backend {report[0]!r}; choose tensorboard, wandb, swanlab, '
                                              'none')
+        if self.optim not in ('adamw_torch', 'adamw_torch_fused'):
+            check_optim(self.optim)
+        check_output_path(self.output_dir, 'output_dir')
 
 
 @dataclass
@@ -348,6 +363,8 @@ class SftArgs(DistributedArgs, TrainArgs, TunerArgs, DataArgs, TemplateArgs, Mod
             raise ArgumentError('dataset_num_proc', f'must be positive, got {self.dataset_num_proc}')
         if self.adapters and self.tuner_type != 'lora':
             raise ArgumentError('adapters', 'continues LoRA training: use it with --tuner_type lora')
+        for adapter in self.adapters:
+            check_adapter_dir(adapter)
         self.validate_tuner()
         self.validate_train()
         self.validate_distributed()
@@ -389,6 +406,19 @@ class SftArgs(DistributedArgs, TrainArgs, TunerArgs, DataArgs, TemplateArgs, Mod
         if self.learning_rate is not None:
             return self.learning_rate
         return 1e-5 if self.tuner_type == 'full' else 1e-4
+
+
+def check_optim(name: str) -> None:
+    """--optim must be one of transformers' optimizer names (imported only for names other than the defaults)."""
+    import difflib
+
+    from transformers.training_args import OptimizerNames
+
+    names = [o.value for o in OptimizerNames]
+    if name not in names:
+        hint = difflib.get_close_matches(name, names, n=1)
+        extra = f' Did you mean {hint[0]!r}?' if hint else ''
+        raise ArgumentError('optim', f'unknown optimizer {name!r}; choose one of {", ".join(names)}.{extra}')
 
 
 def _zero3_file(path: str | None) -> bool:

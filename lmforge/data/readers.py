@@ -44,45 +44,46 @@ class Spec:
     path: str                           # file, directory, registry name or hub id
     subsets: list = field(default_factory=list)
     n: int | None = None
+    flag: str = 'dataset'               # the flag that gave it, named in errors (dataset, val_dataset)
 
     @property
     def is_local(self) -> bool:
         return os.path.exists(os.path.expanduser(self.path))
 
 
-def parse_spec(spec: str) -> Spec:
+def parse_spec(spec: str, flag: str = 'dataset') -> Spec:
     """'data.jsonl#100' -> path + 100 rows; 'org/name:sub1/sub2#5' -> hub id, subsets, 5 rows."""
     path, n = spec, None
     if '#' in spec:
         path, count = spec.rsplit('#', 1)
         if not count.strip().isdigit():
-            raise DataError(f'--dataset {spec}: the part after # must be a row count, got {count!r}')
+            raise DataError(f'--{flag} {spec}: the part after # must be a row count, got {count!r}')
         n = int(count)
         if n == 0:
-            raise DataError(f'--dataset {spec}: #0 selects no rows')
+            raise DataError(f'--{flag} {spec}: #0 selects no rows')
     subsets = []
     if not os.path.exists(os.path.expanduser(path)) and ':' in path and not path.startswith(('/', '.', '~')):
         path, sub = path.split(':', 1)
         subsets = [s for s in sub.split('/') if s]
         if not subsets:
-            raise DataError(f'--dataset {spec}: nothing after ":" (expected a subset name)')
-    return Spec(spec, path, subsets, n)
+            raise DataError(f'--{flag} {spec}: nothing after ":" (expected a subset name)')
+    return Spec(spec, path, subsets, n, flag)
 
 
-def read_dataset(spec: str, seed: int = 42, use_hf: bool | None = None) -> list[Row]:
-    s = parse_spec(spec)
+def read_dataset(spec: str, seed: int = 42, use_hf: bool | None = None, flag: str = 'dataset') -> list[Row]:
+    s = parse_spec(spec, flag)
     rows = list(_rows(s, use_hf, streaming=False))
     if s.n is not None and rows:
         rows = sample_rows(rows, s.n, seed)
     return rows
 
 
-def iter_rows(spec: str, seed: int = 42, use_hf: bool | None = None) -> Iterator[Row]:
+def iter_rows(spec: str, seed: int = 42, use_hf: bool | None = None, flag: str = 'dataset') -> Iterator[Row]:
     """The rows of `read_dataset`, one at a time: a file is read as the rows are consumed (``#N`` sampling needs
     them all first)."""
-    s = parse_spec(spec)
+    s = parse_spec(spec, flag)
     if s.n is not None:
-        return iter(read_dataset(spec, seed, use_hf))
+        return iter(read_dataset(spec, seed, use_hf, flag))
     return _rows(s, use_hf, streaming=False)
 
 
@@ -94,9 +95,9 @@ def sample_rows(rows: list, n: int, seed: int) -> list:
     return rows * (n // len(rows)) + [rows[i] for i in sorted(rng.sample(range(len(rows)), n % len(rows)))]
 
 
-def iter_dataset(spec: str, use_hf: bool | None = None) -> Iterator[Row]:
+def iter_dataset(spec: str, use_hf: bool | None = None, flag: str = 'dataset') -> Iterator[Row]:
     """Rows one at a time, reading files incrementally (streaming); ``#N`` keeps the first N rows."""
-    s = parse_spec(spec)
+    s = parse_spec(spec, flag)
     for k, row in enumerate(_rows(s, use_hf, streaming=True)):
         if s.n is not None and k >= s.n:
             return
@@ -127,7 +128,7 @@ def _rows(s: Spec, use_hf: bool | None, streaming: bool) -> Iterator[Row]:
             return
         files = local_files(expanded)
         if not files:
-            raise DataError(f'--dataset {s.path}: the directory holds no {"/".join(SUFFIXES)} files and is not a '
+            raise DataError(f'--{s.flag} {s.path}: the directory holds no {"/".join(SUFFIXES)} files and is not a '
                             '`datasets` save_to_disk folder')
         for f in files:
             yield from _read_file(f, streaming)
@@ -136,7 +137,7 @@ def _rows(s: Spec, use_hf: bool | None, streaming: bool) -> Iterator[Row]:
         yield from _read_file(expanded, streaming)
         return
     if expanded.endswith(SUFFIXES) or s.path.startswith(('.', '/', '~')) or s.path.count('/') > 1:
-        raise DataError(f'--dataset {s.path}: file not found')
+        raise DataError(f'--{s.flag} {s.path}: file not found')
     from lmforge.data.registry import find_dataset
     entry = find_dataset(s.path)
     if entry is not None:
@@ -159,32 +160,61 @@ def _read_file(path: str, streaming: bool = False) -> Iterator[Row]:
     return iter(_read_tabular(path))
 
 
+def _lines(path: str) -> Iterator[tuple[int, str | None, str]]:
+    """(line number, text, problem) of each line: text None and the problem said where a line is not UTF-8."""
+    with open(path, 'rb') as f:
+        for i, raw in enumerate(f, 1):
+            try:  # a byte-order mark (Windows editors) is no part of the first row
+                yield i, raw.decode('utf-8-sig' if i == 1 else 'utf-8').rstrip('\r\n'), ''
+            except UnicodeDecodeError as e:
+                yield i, None, (f'not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}): save the '
+                                'file as UTF-8')
+
+
 def _read_txt(path: str) -> Iterator[Row]:
-    with open(path, encoding='utf-8') as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                yield Row({'text': line.rstrip('\n')}, path, i)
+    for i, line, problem in _lines(path):
+        if line is None:
+            yield Row({'__error__': problem}, path, i)
+        elif line.strip():
+            yield Row({'text': line}, path, i)
+
+
+_ARRAY_IN_JSONL = ('the file holds a JSON array of rows, not one JSON object per line: name it .json, or write one '
+                   'row per line')
 
 
 def _read_jsonl(path: str) -> Iterator[Row]:
-    with open(path, encoding='utf-8') as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                yield Row({'__error__': f'bad JSON line: {e.msg} at column {e.colno}'}, path, i)
-                continue
-            if not isinstance(data, dict):
-                data = {'__error__': f'expected a JSON object, got {type(data).__name__}'}
-            yield Row(data, path, i)
+    for i, line, problem in _lines(path):
+        if line is None:
+            yield Row({'__error__': problem}, path, i)
+            continue
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as e:
+            problem = _ARRAY_IN_JSONL if i == 1 and line.lstrip().startswith('[') else \
+                f'bad JSON line: {e.msg} at column {e.colno}'
+            yield Row({'__error__': problem}, path, i)
+            continue
+        if isinstance(data, list) and i == 1 and data and all(isinstance(r, dict) for r in data):
+            data = {'__error__': _ARRAY_IN_JSONL}
+        elif not isinstance(data, dict):
+            data = {'__error__': f'expected a JSON object, got {type(data).__name__}'}
+        yield Row(data, path, i)
 
 
 def _read_json(path: str) -> list[Row]:
+    with open(path, 'rb') as f:
+        raw = f.read()
     try:
-        with open(path, encoding='utf-8') as f:
-            data = json.load(f)
+        text = raw.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        line = raw.count(b'\n', 0, e.start) + 1
+        raise DataError(f'{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x}): save the file as UTF-8') \
+            from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         rows = list(_read_jsonl(path))  # a .json file that is really JSON lines
         if rows and sum('__error__' in r.data for r in rows) <= len(rows) // 2:
@@ -208,8 +238,15 @@ def _read_tabular(path: str) -> list[Row]:
     try:
         ds = datasets.load_dataset(kind, data_files=path, split='train')
     except Exception as e:  # noqa: BLE001 - pyarrow/pandas raise many types for malformed files
-        raise DataError(f'{path}: could not read as {kind}: {e}') from None
+        raise DataError(f'{path}: could not read as {kind}: {_root_cause(e)}') from None
     return [Row(dict(r), path, i) for i, r in enumerate(ds, 1)]
+
+
+def _root_cause(e: BaseException) -> str:
+    """The innermost error of a chain (`datasets` wraps the reader's own message in a generic one)."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    return f'{type(e).__name__}: {e}' if isinstance(e, UnicodeDecodeError) else str(e)
 
 
 def _stream_tabular(path: str) -> Iterator[Row]:

@@ -293,21 +293,32 @@ def load_custom_dataset_info(path: str) -> list[DatasetEntry]:
     flag = '--custom_dataset_info'
     if not os.path.isfile(path):
         raise DataError(f'{flag} {path}: file not found')
-    with open(path, encoding='utf-8') as f:
-        text = f.read()
+    try:
+        with open(path, encoding='utf-8-sig') as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise DataError(f'{flag} {path}: not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8') from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         if not path.endswith(('.yaml', '.yml')):
             raise DataError(f'{flag} {path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}') from None
         import yaml
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise DataError(f'{flag} {path}: not valid YAML: {e}') from None
     base = os.path.dirname(os.path.abspath(path))
     raws = []
     if isinstance(data, dict):  # LLaMA-Factory: {name: {file_name | hf_hub_url | ms_hub_url, columns, ...}}
         for name, info in data.items():
             if not isinstance(info, dict):
                 raise DataError(f'{flag} {path}: {name!r}: expected an object')
+            columns = info.get('columns') or {}
+            if not isinstance(columns, dict) or not all(isinstance(c, str) for c in columns.values()):
+                raise DataError(f'{flag} {path}: {name!r}: columns: expected {{role: column name}}, got {columns!r}')
+            if info.get('file_name') is not None and not isinstance(info['file_name'], str):
+                raise DataError(f'{flag} {path}: {name!r}: file_name: expected a string, got {info["file_name"]!r}')
             raw = {'name': name, 'hf': info.get('hf_hub_url'), 'ms': info.get('ms_hub_url'),
                    'path': os.path.join(base, info['file_name']) if info.get('file_name') else None,
                    'columns': {col: _LF_ROLES.get(role, role) for role, col in (info.get('columns') or {}).items()
@@ -322,6 +333,8 @@ def load_custom_dataset_info(path: str) -> list[DatasetEntry]:
             if not isinstance(item, dict):
                 raise DataError(f'{flag} {path}: item {k}: expected an object')
             raw = {_SWIFT_KEYS.get(key, key): v for key, v in item.items()}
+            if raw.get('path') is not None and not isinstance(raw['path'], str):
+                raise DataError(f'{flag} {path}: item {k}: dataset_path: expected a string, got {raw["path"]!r}')
             if raw.get('path') and not os.path.isabs(os.path.expanduser(raw['path'])) and \
                     not os.path.exists(raw['path']):
                 raw['path'] = os.path.join(base, raw['path'])

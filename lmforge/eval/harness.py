@@ -71,7 +71,11 @@ def resolve_tasks(specs: list[str], tm) -> list[str]:
         if spec.endswith(('.yaml', '.yml')):
             if not os.path.isfile(path):
                 raise DataError(f'--eval_dataset {spec}: no such file')
-            entry = TaskIndex.entry_from_path(Path(path))
+            try:
+                entry = TaskIndex.entry_from_path(Path(path))
+            except Exception as e:  # noqa: BLE001 - YAML syntax errors and lm-eval's own loader errors alike
+                raise DataError(f'--eval_dataset {spec}: not a readable lm-eval task file ({type(e).__name__}: '
+                                f'{" ".join(str(e).split())})') from None
             if entry is None:
                 raise DataError(f'--eval_dataset {spec}: not an lm-eval task file (no `task:` or `group:` key)')
             out.append(entry.name)

@@ -193,7 +193,7 @@ def write_gguf(model_dir: str, out_path: str, gguf_type: str = 'f16', tokenizer=
     """Convert ``model_dir`` (safetensors) to ``out_path``; ``tokenizer`` (with the chat template to embed) defaults
     to the directory's own. Returns a summary: tensors, types, metadata."""
     import gguf
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     config = _config(model_dir)
     archs = config.get('architectures') or []
@@ -288,7 +288,12 @@ def write_gguf(model_dir: str, out_path: str, gguf_type: str = 'f16', tokenizer=
     summary = {}
     has_output = not tied
     for fname in files:
-        with safe_open(os.path.join(model_dir, fname), framework='pt') as f:
+        try:
+            handle = safe_open(os.path.join(model_dir, fname), framework='pt')
+        except SafetensorError as e:
+            raise ModelError(f'--to_gguf: {os.path.join(model_dir, fname)} is not a readable safetensors file (corrupt '
+                             f'or incomplete: {e})') from None
+        with handle as f:
             for key in f.keys():
                 if key == 'lm_head.weight' and tied:
                     continue

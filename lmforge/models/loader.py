@@ -7,11 +7,15 @@ import warnings
 from dataclasses import dataclass, field
 
 from lmforge.errors import ModelError
-from lmforge.hub import resolve_model
+from lmforge.hub import check_adapter_dir, resolve_model
 
 # peft 0.21 and trl 1.16 call transformers 5.23's deprecated `is_gradient_checkpointing` /
 # `gradient_checkpointing_enable|disable`, a warning per process and call: not the user's doing, nothing they can change
 warnings.filterwarnings('ignore', message=r'`(is_)?gradient_checkpointing\w*` is deprecated', category=FutureWarning)
+
+
+# what transformers' RuntimeErrors say when a checkpoint's tensors do not fit the model its config.json builds
+_LOAD_REPORT_ERRORS = ('ignore_mismatched_sizes', 'Error(s) in loading state_dict', 'conversion of the weights')
 
 
 def pick_device() -> str:
@@ -52,31 +56,38 @@ class ModelBundle:
 def _adapter_base(adapter_dir: str) -> str:
     """The base model an adapter checkpoint was trained on: lmforge's args.json first, then PEFT's own record."""
     args_path = os.path.join(adapter_dir, 'args.json')
-    if os.path.isfile(args_path):
-        with open(args_path, encoding='utf-8') as f:
-            saved = json.load(f)
+    saved = _read_json(args_path) if os.path.isfile(args_path) else None
+    if isinstance(saved, dict):
         if saved.get('base_model_dir') and os.path.isdir(saved['base_model_dir']):
             return saved['base_model_dir']
         if saved.get('model'):
             return resolve_model(saved['model'], use_hf=saved.get('use_hf'), revision=saved.get('model_revision'))
-    with open(os.path.join(adapter_dir, 'adapter_config.json'), encoding='utf-8') as f:
-        base = json.load(f).get('base_model_name_or_path')
+    config = _read_json(os.path.join(adapter_dir, 'adapter_config.json'))
+    base = config.get('base_model_name_or_path') if isinstance(config, dict) else None
     if not base:
         raise ModelError(f'{adapter_dir}: adapter_config.json does not name its base model; pass --model BASE')
     return resolve_model(base)
 
 
+def _read_json(path: str):
+    """The content of a JSON file of a checkpoint, or a ModelError naming the file."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ModelError(f'{path} is not valid JSON ({e})') from None
+
+
 def resolve_checkpoint(model: str | None, adapters: list | None = None, use_hf: bool = False,
-                       revision: str | None = None, token: str | None = None) -> ModelBundle:
-    """Turn --model/--adapters into a base dir + adapter dirs. ``--model`` may itself be a LoRA checkpoint."""
-    adapters = [os.path.abspath(a) for a in (adapters or [])]
-    for a in adapters:
-        if not os.path.isfile(os.path.join(a, 'adapter_config.json')):
-            raise ModelError(f'--adapters: {a} holds no adapter_config.json: not a LoRA checkpoint')
+                       revision: str | None = None, token: str | None = None, flag: str = 'model') -> ModelBundle:
+    """Turn --model/--adapters into a base dir + adapter dirs. ``--model`` may itself be a LoRA checkpoint.
+    ``flag`` names the model in errors (--ref_model, --teacher_model, --reward_model ...)."""
+    adapters = [check_adapter_dir(a) for a in (adapters or [])]
     if model:
-        path = resolve_model(model, use_hf=use_hf, revision=revision, token=token)
+        path = resolve_model(model, use_hf=use_hf, revision=revision, token=token, flag=flag)
         if os.path.isfile(os.path.join(path, 'adapter_config.json')) and \
                 not os.path.isfile(os.path.join(path, 'config.json')):
+            check_adapter_dir(path, flag)
             adapters.insert(0, path)
             path = _adapter_base(path)
     elif adapters:
@@ -111,6 +122,7 @@ def load_model(path: str, torch_dtype: str = 'auto', attn_impl: str | None = Non
                quantization_config=None):
     """A causal LM from ``path`` on ``device`` (auto), with ``adapters`` applied (frozen unless trainable).
     ``quantization_config`` (lmforge.tuners.quant) loads the weights quantized, straight onto the current GPU."""
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForCausalLM
 
     device = device or pick_device()
@@ -126,6 +138,14 @@ def load_model(path: str, torch_dtype: str = 'auto', attn_impl: str | None = Non
                                                      trust_remote_code=trust_remote_code, **quant)
     except (OSError, ValueError) as e:
         raise ModelError(f'could not load the model weights of {path}: {e}') from None
+    except SafetensorError as e:
+        raise ModelError(f'could not load the model weights of {path}: a .safetensors file there is corrupt or '
+                         f'incomplete ({e})') from None
+    except RuntimeError as e:  # transformers' report of weights that do not fit the config (logged above)
+        if not any(m in str(e) for m in _LOAD_REPORT_ERRORS):
+            raise
+        raise ModelError(f'could not load the model weights of {path}: their shapes do not match its config.json '
+                         '(see the load report above)') from None
     _load_custom_tuner_weights(model, path)
     if device != 'cpu' and not quant:
         model.to(device)

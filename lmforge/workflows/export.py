@@ -46,6 +46,8 @@ def prepare_output_dir(path: str, exist_ok: bool, sources: list[str]) -> str:
     for src in sources:
         if os.path.abspath(src) == path:
             raise ArgumentError('output_dir', f'{path} is the model being exported; choose another directory')
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ArgumentError('output_dir', f'{path} is a file, not a directory; choose another --output_dir')
     if os.path.exists(path) and os.listdir(path) and not exist_ok:
         raise ArgumentError('output_dir', f'{path} exists and is not empty; pass --exist_ok true to write into it, '
                                           'or choose another --output_dir')

@@ -52,7 +52,7 @@ def batch_infer(args: InferArgs) -> list[dict]:
 
     rows, requests, problems = [], [], []
     for spec in args.val_dataset:
-        for row in read_dataset(spec, seed=args.seed):
+        for row in read_dataset(spec, seed=args.seed, flag='val_dataset'):
             try:
                 messages = normalize(row.data, 'infer')['messages']
             except RowError as e:
