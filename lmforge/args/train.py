@@ -320,6 +320,12 @@ class TrainArgs:
         if report:
             raise ArgumentError('report_to', f'unknown backend {report[0]!r}; choose tensorboard, wandb, swanlab, '
                                              'none')
+        import importlib.util
+        for backend, modules in (('tensorboard', ('tensorboard', 'tensorboardX')), ('wandb', ('wandb',)),
+                                 ('swanlab', ('swanlab',))):
+            if backend in self.report_to and not any(importlib.util.find_spec(m) for m in modules):
+                raise ArgumentError('report_to', f'{backend} needs the {modules[0]} package: pip install '
+                                                 f'"lmforge[{backend}]" (or drop it: --report_to none)')
         if self.optim not in ('adamw_torch', 'adamw_torch_fused'):
             check_optim(self.optim)
         check_output_path(self.output_dir, 'output_dir')
@@ -363,6 +369,9 @@ class SftArgs(DistributedArgs, TrainArgs, TunerArgs, DataArgs, TemplateArgs, Mod
             raise ArgumentError('dataset_num_proc', f'must be positive, got {self.dataset_num_proc}')
         if self.adapters and self.tuner_type != 'lora':
             raise ArgumentError('adapters', 'continues LoRA training: use it with --tuner_type lora')
+        if len(self.adapters) > 1:
+            raise ArgumentError('adapters', f'continues training one LoRA adapter; got {len(self.adapters)} (merge the '
+                                            'others into the base first: lmforge export --merge_lora true)')
         for adapter in self.adapters:
             check_adapter_dir(adapter)
         self.validate_tuner()

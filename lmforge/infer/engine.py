@@ -323,10 +323,12 @@ def _load_named_adapters(model, named: dict, merge_first: bool):
     from peft import PeftModel
 
     from lmforge.errors import ModelError
+    from lmforge.hub import check_adapter_dir
 
     if merge_first:  # the adapters applied to every request become part of the base
         model = model.merge_and_unload()
     for i, (name, path) in enumerate(named.items()):
+        check_adapter_dir(path)
         try:
             if i == 0:
                 model = PeftModel.from_pretrained(model, path, adapter_name=name)

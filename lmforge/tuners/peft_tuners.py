@@ -20,6 +20,12 @@ def _targets(args):
 def _wrap(model, config, flag: str = 'target_modules'):
     from peft import get_peft_model
 
+    names = [n for n, _ in model.named_modules()]
+    for wanted in getattr(config, 'modules_to_save', None) or []:  # peft skips a name that matches nothing
+        if not any(n == wanted or n.endswith('.' + wanted) for n in names):
+            leaves = sorted({n.rsplit('.', 1)[-1] for n in names if n and not n.rsplit('.', 1)[-1].isdigit()})
+            raise ArgumentError('modules_to_save', f'{wanted!r} names no module of the model; its module names '
+                                                   f'end in: {", ".join(leaves)}')
     try:
         return get_peft_model(model, config)
     except (ValueError, TypeError, RuntimeError) as e:

@@ -95,7 +95,7 @@ def build_rlhf(args: RlhfArgs) -> RlhfRun:
 
     ref_model = None
     if args.ref_model:
-        ref_model = _load_frozen(args.ref_model, args)
+        ref_model = _load_frozen(args.ref_model, args, 'ref_model')
         log(f'reference model: {args.ref_model}')
     elif kind in NEEDS_REFERENCE and not (kind == 'grpo' and args.beta_value == 0):
         if fresh_adapter:
@@ -242,11 +242,11 @@ def _prepare_reward_model(model, args):
     return get_peft_model(model, config)
 
 
-def _load_frozen(spec: str, args):
-    """A frozen causal LM (reference or teacher) from a model dir, hub id or lmforge checkpoint."""
+def _load_frozen(spec: str, args, flag: str):
+    """A frozen causal LM (reference or teacher: ``flag``) from a model dir, hub id or lmforge checkpoint."""
     from lmforge.models import load_model, resolve_checkpoint
 
-    bundle = resolve_checkpoint(spec, None, use_hf=args.use_hf)
+    bundle = resolve_checkpoint(spec, None, use_hf=args.use_hf, flag=flag)
     model = load_model(bundle.base_dir, torch_dtype=args.torch_dtype, attn_impl=args.attn_impl, device='cpu',
                        trust_remote_code=args.trust_remote_code, adapters=bundle.adapters)
     if bundle.adapters:
@@ -276,7 +276,7 @@ def load_reward_model(spec: str, args, device: str):
     from lmforge.rlhf.rewards import RewardModelReward
     from lmforge.templates import apply_template
 
-    bundle = resolve_checkpoint(spec, None, use_hf=args.use_hf)
+    bundle = resolve_checkpoint(spec, None, use_hf=args.use_hf, flag='reward_model')
     model = _load_sequence_classifier(bundle.base_dir, args, bundle.adapters)
     tokenizer = load_tokenizer(bundle.tokenizer_dir, args.trust_remote_code)
     apply_template(tokenizer, None)
@@ -457,7 +457,7 @@ def _build_gkd(args, model, ref_model, train_rows, val_rows, reward_funcs, token
     from trl.experimental.gkd import GKDConfig
 
     from lmforge.rlhf.trainers import GkdCollator, gkd_trainer_class
-    teacher = _load_frozen(args.teacher_model, args)
+    teacher = _load_frozen(args.teacher_model, args, 'teacher_model')
     log(f'teacher model: {args.teacher_model}')
     cfg = training_args(GKDConfig, temperature=args.temperature, lmbda=args.lmbda, beta=args.beta_value,
                         max_new_tokens=args.max_completion_length, seq_kd=args.seq_kd, max_length=args.max_length,

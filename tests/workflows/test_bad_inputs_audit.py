@@ -202,3 +202,45 @@ def test_the_real_command_line(tmp_path):
                         '--warmup_steps', '-5'], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
     assert r.stderr.strip() == 'lmforge sft: error: --warmup_steps: must be >= 0, got -5'
+
+
+@pytest.mark.parametrize('backend', ['wandb', 'swanlab'])
+def test_a_logging_backend_that_is_not_installed_is_refused_before_training(capsys, backend):
+    import importlib.util
+    if importlib.util.find_spec(backend):
+        pytest.skip(f'{backend} is installed here')
+    check_error(capsys, ['sft', '--model', 'm', '--dataset', 'd.jsonl', '--report_to', backend],
+                f'--report_to: {backend} needs the {backend} package', f'lmforge[{backend}]')
+
+
+@pytest.mark.parametrize('flag', ['ref_model', 'reward_model'])
+def test_a_hub_id_for_a_second_model_that_is_not_cached_names_its_flag(capsys, monkeypatch, tmp_path, qwen2_dir, flag):
+    from tests.rlhf.helpers import letter_pairs
+
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))
+    kind, rows = ('dpo', letter_pairs(4, seed=1)) if flag == 'ref_model' else \
+        ('ppo', [{'messages': [{'role': 'user', 'content': 'hi'}], 'solution': 'a'}] * 4)
+    check_error(capsys, ['rlhf', '--rlhf_type', kind, '--model', qwen2_dir, '--use_hf', 'true',
+                         '--dataset', write_jsonl(tmp_path / 'd.jsonl', rows), f'--{flag}', 'nosuch-org/nosuch-model',
+                         '--output_dir', tmp_path / 'out', '--report_to', 'none'],
+                f'--{flag}: nosuch-org/nosuch-model is not in the local Hugging Face cache')
+
+
+def test_the_engine_api_checks_named_adapters_like_the_cli(qwen2_dir, fake_adapter):
+    from lmforge.errors import ModelError
+    from lmforge.infer.engine import PtEngine
+
+    with pytest.raises(ModelError, match='names no peft_type'):
+        PtEngine(qwen2_dir, named_adapters={'a': str(fake_adapter)}, device='cpu')
+
+
+def test_lora_modules_to_save_that_match_nothing_are_refused(capsys, tmp_path, qwen2_dir, chat_file):
+    check_error(capsys, ['sft', '--model', qwen2_dir, '--dataset', chat_file, '--modules_to_save', 'nosuch',
+                         '--output_dir', tmp_path / 'out', '--report_to', 'none'],
+                "--modules_to_save: 'nosuch' names no module of the model", 'lm_head')
+
+
+def test_sft_continues_one_adapter_not_several(capsys, fake_adapter):
+    check_error(capsys, sft('--adapters', fake_adapter, fake_adapter), '--adapters: continues training one LoRA '
+                'adapter; got 2')
