@@ -137,7 +137,7 @@ def check_dataset(spec: str, tokenizer, args) -> tuple[list[str], int]:
     from lmforge.data.readers import read_dataset
 
     rows = read_dataset(spec, seed=args.seed, use_hf=args.use_hf or None)
-    columns = json.loads(args.columns) if args.columns else None
+    columns = parse_columns(args.columns)
     _, report = encode_rows(rows, tokenizer, args.mode, args.max_length, args.truncation_strategy,
                             loss_scale=args.loss_scale, system=args.system, columns=columns,
                             num_proc=args.dataset_num_proc, desc=f'checking {spec}')
@@ -162,6 +162,23 @@ def check_dataset(spec: str, tokenizer, args) -> tuple[list[str], int]:
     return lines, len(report.invalid)
 
 
+def parse_columns(text: str | None) -> dict | None:
+    """--columns as the training commands read it: a JSON object mapping column names to column names."""
+    if not text:
+        return None
+    try:
+        columns = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ArgumentError('columns', f'expected a JSON object, got {text!r} ({e.msg})') from None
+    if not isinstance(columns, dict):
+        raise ArgumentError('columns', f'expected a JSON object, got {text!r}')
+    bad = next(((k, v) for k, v in columns.items() if not isinstance(v, str) or not v or not k), None)
+    if bad:
+        raise ArgumentError('columns', f'maps column names to column names, JSON \'{{"src": "dst"}}\'; got '
+                                       f'{bad[0]!r}: {bad[1]!r}')
+    return columns
+
+
 def check_text(args) -> tuple[str, int]:
     from lmforge.hub import resolve_model
     from lmforge.models import load_tokenizer
@@ -169,6 +186,11 @@ def check_text(args) -> tuple[str, int]:
 
     if args.max_length <= 1:
         raise ArgumentError('max_length', f'must be at least 2, got {args.max_length}')
+    if args.dataset_num_proc < 1:
+        raise ArgumentError('dataset_num_proc', f'must be positive, got {args.dataset_num_proc}')
+    if args.max_shown < 0:
+        raise ArgumentError('max_shown', f'must be >= 0 (0: list every invalid row), got {args.max_shown}')
+    parse_columns(args.columns)  # a bad value fails before the model loads
     tokenizer = load_tokenizer(resolve_model(args.model, use_hf=args.use_hf), args.trust_remote_code)
     lines = [f'model: {args.model}']
     if args.mode == 'sft':

@@ -72,12 +72,13 @@ class DataReport:
         return out
 
 
-def load_rows(specs: list[str], seed: int, use_hf: bool | None = None) -> list[Row]:
+def load_rows(specs: list[str], seed: int, use_hf: bool | None = None, flag: str = 'dataset') -> list[Row]:
+    """Every row of ``specs``; ``flag`` (dataset, val_dataset) is the flag named in errors."""
     rows = []
     for spec in specs:
-        got = read_dataset(spec, seed=seed, use_hf=use_hf)
+        got = read_dataset(spec, seed=seed, use_hf=use_hf, flag=flag)
         if not got:
-            raise DataError(f'--dataset {spec}: no rows (the file is empty)')
+            raise DataError(f'--{flag} {spec}: no rows (the file is empty)')
         rows += got
     return rows
 
@@ -300,10 +301,11 @@ def _collect(outcome: tuple, report: DataReport, samples: list, strict: bool) ->
 def encode_specs(specs: list[str], tokenizer, mode: str, *, max_length: int, truncation_strategy: str,
                  loss_scale: str = 'default', system: str | None = None, columns: dict | None = None,
                  num_proc: int = 1, strict: bool = False, seed: int = 42, use_hf: bool | None = None,
-                 load_from_cache_file: bool = True, log=print, desc: str = 'train data', mix=None
-                 ) -> tuple[list[dict], DataReport]:
+                 load_from_cache_file: bool = True, log=print, desc: str = 'train data', mix=None,
+                 flag: str = 'dataset') -> tuple[list[dict], DataReport]:
     """Encode each spec, through the on-disk cache; one merged report. The specs' samples are concatenated, or
-    mixed as ``mix`` says (`lmforge.data.mixing.Mix`: interleaved, seeded by ``seed``)."""
+    mixed as ``mix`` says (`lmforge.data.mixing.Mix`: interleaved, seeded by ``seed``). ``flag`` (dataset,
+    val_dataset) is the flag named in errors."""
     from lmforge.data import cache
     from lmforge.data.mixing import Mix, mix_samples
 
@@ -320,11 +322,11 @@ def encode_specs(specs: list[str], tokenizer, mode: str, *, max_length: int, tru
             if strict and part.invalid:
                 raise DataError(f'invalid row (--strict): {part.invalid[0]}')
         else:
-            rows = iter_rows(spec, seed=seed, use_hf=use_hf)  # files are read as they are encoded
+            rows = iter_rows(spec, seed=seed, use_hf=use_hf, flag=flag)  # files are read as they are encoded
             got, part = encode_rows(rows, tokenizer, mode, max_length, truncation_strategy, loss_scale, system,
                                     columns, num_proc, strict, desc=f'{desc}: {spec}', compact=True)
             if not part.rows:
-                raise DataError(f'--dataset {spec}: no rows (the file is empty)')
+                raise DataError(f'--{flag} {spec}: no rows (the file is empty)')
             if key:
                 cache.save(key, got, part)
         parts.append(got)
@@ -396,17 +398,30 @@ def pack_items(items: list[dict]) -> dict:
 
 def with_validation(train, encode_val, args, seed: int, log=print) -> tuple:
     """(train, validation): --val_dataset encoded by ``encode_val(specs) -> (samples, report)``, else
-    --split_dataset_ratio of the training samples, held out deterministically by ``seed``."""
+    --split_dataset_ratio of the training samples, held out deterministically by ``seed``. A --val_dataset with no
+    usable sample is a `DataError`, as the training data's."""
     if args.val_dataset:
-        val, report = encode_val(args.val_dataset)
-        for line in report.lines('validation data', args.max_length, args.truncation_strategy):
-            log(line)
-        return train, val
+        return train, validation_data(encode_val, args, log)
     train, val = split_train_val(train, args.split_dataset_ratio, seed)
     if val:
         log(f'validation: {len(val)} samples held out of --dataset (--split_dataset_ratio '
             f'{args.split_dataset_ratio}, seed {seed})')
     return train, val
+
+
+def validation_data(encode_val, args, log=print):
+    """The samples of --val_dataset, encoded by ``encode_val(specs) -> (samples, report)`` and logged; raises
+    `DataError` when none is usable (every row invalid, too long or without trained tokens)."""
+    val, report = encode_val(args.val_dataset)
+    for line in report.lines('validation data', args.max_length, args.truncation_strategy):
+        log(line)
+    if not len(val):
+        first = f' First problem: {report.invalid[0]}' if report.invalid else ''
+        raise DataError(f'--val_dataset: no usable validation samples in {", ".join(args.val_dataset)} '
+                        f'({report.rows} rows: {len(report.invalid)} invalid, {report.too_long} over --max_length '
+                        f'{args.max_length}, {report.no_labels} without trained tokens); fix them or drop '
+                        f'--val_dataset.{first}')
+    return val
 
 
 def register_custom_datasets(args, log=print) -> None:
@@ -439,8 +454,8 @@ def build_datasets(args, tokenizer, mode: str, log=print) -> tuple:
     if not train:
         raise _no_samples(args, report)
     train, val = with_validation(
-        train, lambda specs: encode_specs(specs, tokenizer, mode, log=log, desc='validation data', **opts), args,
-        seed, log)
+        train, lambda specs: encode_specs(specs, tokenizer, mode, log=log, desc='validation data',
+                                          flag='val_dataset', **opts), args, seed, log)
     if args.packing:
         n = len(train)
         train = pack(train, args.max_length, seed)
@@ -473,8 +488,6 @@ def _build_streaming(args, tokenizer, mode, seed, opts, log):
         (f'; {train.mix.describe(len(args.dataset))}' if train.mix.interleaved and len(args.dataset) > 1 else ''))
     val = []
     if args.val_dataset:
-        opts = {k: v for k, v in opts.items()}
-        val, vreport = encode_specs(args.val_dataset, tokenizer, mode, log=log, desc='validation data', **opts)
-        for line in vreport.lines('validation data', args.max_length, args.truncation_strategy):
-            log(line)
+        val = validation_data(lambda specs: encode_specs(specs, tokenizer, mode, log=log, desc='validation data',
+                                                         flag='val_dataset', **opts), args, log)
     return train, val

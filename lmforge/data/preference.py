@@ -194,6 +194,12 @@ def normalize_pair(row: dict, method: str = 'dpo') -> dict:
 
 def normalize_kto(row: dict) -> list[dict]:
     """Rows for kto: a KTO row as it is, a paired row as two (chosen desirable, rejected undesirable)."""
+    if '__error__' not in row and 'label' not in row and 'rejected_messages' not in row and \
+            not any(k in row for k in REJECTED_KEYS):
+        raise RowError('rejected', 'missing: a kto row needs either a "label" column (true/false: is its one answer '
+                                   'desirable?) or a rejected answer to pair with the chosen one (rejected, '
+                                   'rejected_response or rejected_messages; columns: '
+                                   f'{", ".join(sorted(row)) or "none"})')
     item = normalize_preference(row)
     if 'label' in item:
         return [item]

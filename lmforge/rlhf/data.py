@@ -28,7 +28,8 @@ import itertools
 import os
 import random
 
-from lmforge.data.dataset import DataReport, encode_rows, load_rows, register_custom_datasets, with_validation
+from lmforge.data.dataset import (DataReport, encode_rows, load_rows, register_custom_datasets, validation_data,
+                                  with_validation)
 from lmforge.data.formats import RowError, rename_columns
 from lmforge.data.mixing import Mix, mix_of, mix_samples
 from lmforge.data.streaming import StreamingDataset
@@ -209,7 +210,8 @@ def _report_of(raw) -> DataReport | None:
         return None
 
 
-def encode_spec(spec: str, tokenizer, kind: str, args, seed: int, log=print) -> tuple[list[dict], DataReport]:
+def encode_spec(spec: str, tokenizer, kind: str, args, seed: int, log=print, flag: str = 'dataset'
+                ) -> tuple[list[dict], DataReport]:
     """The encoded rows of one --dataset spec and their report, through the on-disk cache (`lmforge.data.cache`).
     Rows that the cache cannot hold exactly (GRPO/PPO reward columns that JSON would change) are encoded, used and
     not cached."""
@@ -228,7 +230,7 @@ def encode_spec(spec: str, tokenizer, kind: str, args, seed: int, log=print) -> 
         if getattr(args, 'strict', False) and report.invalid:
             raise DataError(f'invalid row (--strict): {report.invalid[0]}')
         return samples, report
-    rows = load_rows([spec], seed, use_hf)
+    rows = load_rows([spec], seed, use_hf, flag=flag)
     num_proc = getattr(args, 'dataset_num_proc', 1) or 1
     samples, report = _sft_with_prompts(rows, tokenizer, args, num_proc) if kind == 'sft' else \
         encode_rlhf_rows(rows, tokenizer, kind, args, num_proc)
@@ -288,10 +290,10 @@ def build_rlhf_datasets(args, tokenizer, log=print) -> tuple:
     seed = args.data_seed if args.data_seed is not None else args.seed
     register_custom_datasets(args, log)
 
-    def encode(specs, mix=None):
+    def encode(specs, mix=None, flag='dataset'):
         parts, report = [], DataReport()
         for spec in specs:
-            got, part = encode_spec(spec, tokenizer, kind, args, seed, log)
+            got, part = encode_spec(spec, tokenizer, kind, args, seed, log, flag)
             parts.append(got)
             report.merge(part)
         mix = mix or Mix()
@@ -301,6 +303,9 @@ def build_rlhf_datasets(args, tokenizer, log=print) -> tuple:
                 + ', '.join(f'{spec}: {len(p)}' for spec, p in zip(specs, parts)))
         return samples, report
 
+    def encode_val(specs):
+        return encode(specs, flag='val_dataset')
+
     if args.streaming:
         train = RlhfStream(args, tokenizer, kind, seed, log)
         report = train.check_start()
@@ -308,12 +313,7 @@ def build_rlhf_datasets(args, tokenizer, log=print) -> tuple:
             log(line)
         log(f'streaming: rows are read, encoded and shuffled in a buffer of {train.buffer_size} while training '
             f'(--max_steps {args.max_steps})')
-        val = []
-        if args.val_dataset:
-            val, vreport = encode(args.val_dataset)
-            for line in vreport.lines('validation data', args.max_length, args.truncation_strategy):
-                log(line)
-        return train, val
+        return train, validation_data(encode_val, args, log) if args.val_dataset else []
     train, report = encode(args.dataset, mix_of(args))
     for line in report.lines('train data', args.max_length, args.truncation_strategy):
         log(line)
@@ -322,7 +322,7 @@ def build_rlhf_datasets(args, tokenizer, log=print) -> tuple:
         raise DataError(f'--dataset: no usable {args.rlhf_type} rows in {", ".join(args.dataset)} '
                         f'({report.rows} rows: {len(report.invalid)} invalid, {report.too_long} over --max_length '
                         f'{args.max_length}).{first}')
-    train, val = with_validation(train, encode, args, seed, log)
+    train, val = with_validation(train, encode_val, args, seed, log)
     if kind == 'kto':  # KTOTrainer reads rows in order (its KL term pairs neighbours): mix the labels here
         random.Random(seed).shuffle(train)
     return train, val

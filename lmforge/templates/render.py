@@ -24,6 +24,10 @@ def clean_messages(messages: list[dict]) -> list[dict]:
 
 
 def template_name(tokenizer) -> str:
+    """Whose chat template it is, in errors: the model's (``the chat template of NAME``) or a --template file's."""
+    path = getattr(tokenizer, 'lmforge_template_file', None)
+    if path and isinstance(path, str):
+        return f'{getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__} (--template {path})'
     return getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__
 
 
