@@ -50,6 +50,26 @@ def write_jsonl(path, rows) -> str:
     return str(path)
 
 
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    """`lmforge ARGV` in this process (torch loads once per test session): the exit code and what it printed. An
+    escaping exception fails the test."""
+    from lmforge.cli import main
+
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.err + out.out
+
+
+def cli_error(capsys, argv, *phrases) -> str:
+    """`lmforge ARGV` must fail as a user error: exit code 2, no traceback, a message holding each of ``phrases``."""
+    code, text = run_cli(capsys, *argv)
+    assert code == 2, text
+    assert 'Traceback' not in text, text
+    for p in phrases:
+        assert p in text, text
+    return text
+
+
 def make_tokenizer():
     from lmforge.demo.build import CHATML_SPECIAL, DEMO_CHAT_TEMPLATE, build_tokenizer
     from lmforge.templates import render

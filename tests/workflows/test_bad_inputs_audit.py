@@ -9,23 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO, chat_rows, write_jsonl
-
-
-def lmforge(capsys, *argv):
-    """`lmforge ARGV` in this process (torch loads once for the module); an escaping exception fails the test."""
-    from lmforge.cli import main
-
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
-
-
-def check_error(capsys, argv, *phrases):
-    code, err = lmforge(capsys, *argv)
-    assert code == 2, err
-    assert 'Traceback' not in err, err
-    for p in phrases:
-        assert p in err, err
-    return err
+from tests.conftest import cli_error as check_error
 
 
 @pytest.fixture

@@ -4,24 +4,8 @@ naming the flag, file (and line) or row, exit code 2, no traceback, and fails be
 import pytest
 
 from tests.conftest import chat_rows, write_jsonl
-
-
-def lmforge(capsys, *argv):
-    """`lmforge ARGV` in this process; an escaping exception fails the test."""
-    from lmforge.cli import main
-
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.err + out.out
-
-
-def check_error(capsys, argv, *phrases):
-    code, err = lmforge(capsys, *argv)
-    assert code == 2, err
-    assert 'Traceback' not in err, err
-    for p in phrases:
-        assert p in err, err
-    return err
+from tests.conftest import cli_error as check_error
+from tests.conftest import run_cli as lmforge
 
 
 def check(model, dataset, *extra):
