@@ -1,23 +1,37 @@
-"""Run lmforge LoRA SFT on the peer benchmark's assets, measured like ms-swift and LLaMA-Factory are.
+"""Run lmforge LoRA SFT (or DPO) on the peer benchmark's assets, measured like ms-swift and LLaMA-Factory are.
 
-    .venv/bin/python bench/lmforge_peer.py --assets ASSETS [--task sft] [--model small-qwen2] [--steps 50]
+    .venv/bin/python bench/lmforge_peer.py --assets ASSETS [--task sft|dpo] [--model small-qwen2] [--steps 50]
                                            [--set KEY=VALUE ...] [extra lmforge key=value arguments...]
 
 The same interface as ../shared/bench/peers/swift_train.py and lf_train.py (options: bench_hparams.py there): it
-maps bench_hparams.DEFAULTS onto the keyword arguments of lmforge's SDK (`lmforge.sft(...)`, the same names as
-`lmforge sft --help`), prints the equivalent `lmforge sft` command, and trains with the peers' BenchCallback
-attached, which writes the result JSON to $BENCH_OUT in the peers' schema (run it under measure.py to add wall
-time, peak RSS and CPU seconds). So it is the third row of the peers' run.sh:
+maps bench_hparams.DEFAULTS onto the keyword arguments of lmforge's SDK (`lmforge.sft(...)`, or for --task dpo
+`lmforge.rlhf(rlhf_type='dpo', ...)`: the same names as `lmforge sft --help` / `lmforge rlhf --help`), prints the
+equivalent `lmforge sft` / `lmforge rlhf` command, and trains with the peers' BenchCallback attached, which
+writes the result JSON to $BENCH_OUT in the peers' schema (run it under measure.py to add wall time, peak RSS and
+CPU seconds). So it is the third row of the peers' run.sh:
 
     EXTRA_LABEL=lmforge EXTRA_CMD='.venv/bin/python bench/lmforge_peer.py --assets "$BENCH_ASSETS" \
         --task "$BENCH_TASK" --steps "$BENCH_STEPS" --model "$BENCH_MODEL"' bash ../shared/bench/peers/run.sh A OUT 50
 
 How the callback is attached: lmforge's SDK takes no callbacks argument, so this process replaces
-`lmforge.train.trainer.LmTrainer` by a subclass that adds BenchCallback after the Trainer is built (nothing in
-lmforge/ is changed; the training path is lmforge's own). The token count is the peers' (non-pad tokens of every
-back-propagated forward): lmforge trains padding-free by default (the batch as one unpadded row, no attention mask),
-so BenchCallback counts input_ids.numel() of that row, which is the batch's non-pad tokens; trained rows are
-counted as the samples in that row (position ids restarting at 0). lmforge's own counter (`LmTrainer.tokens_seen`)
+`lmforge.train.trainer.LmTrainer` (sft) by a subclass that adds BenchCallback after the Trainer is built, or (dpo)
+wraps `lmforge.workflows.rlhf.build_rlhf` so that the callback is added to the trainer it built, before
+`train_rlhf` trains it (nothing in lmforge/ is changed; the training path is lmforge's own: `lmforge.rlhf(...)` ->
+run_rlhf -> build_rlhf + train_rlhf).
+
+DPO (`--task dpo`): dpo.jsonl's rows (system/query/response/rejected_response) are read natively by lmforge
+(lmforge/data/preference.py, the ms-swift query/response/rejected_response format; no --columns needed); beta
+bench_hparams' dpo_beta, loss_type sigmoid, reference = the base model with the fresh adapter disabled (lmforge's
+default for a new LoRA adapter, as in both peers). lmforge's DPO is TRL's DPOTrainer (pre-tokenized rows from
+lmforge's template): chosen and rejected in one concatenated, right-padded batch of 2 x batch rows, plus a separate
+no-grad reference forward per step. BenchCallback counts the non-pad tokens of the policy forward (chosen +
+rejected rows); the reference forward runs under no_grad and is not counted, as for the peers. TRL 1.16 (lmforge's)
+has no padding-free DPO, so lmforge's `padding_free` does not apply there.
+
+SFT: the token count is the peers' (non-pad tokens of every back-propagated forward): lmforge trains padding-free by
+default (the batch as one unpadded row, no attention mask), so BenchCallback counts input_ids.numel() of that row,
+which is the batch's non-pad tokens; trained rows are counted as the samples in that row (position ids restarting
+at 0). lmforge's own counter (`LmTrainer.tokens_seen`)
 is stored next to it as a cross-check.
 
 Differences kept on purpose (framework choices, as the peers keep theirs), and reported in the JSON:
@@ -47,12 +61,16 @@ import bench_hparams  # noqa: E402
 
 
 def lmforge_kwargs(opts, hp) -> dict:
-    if hp['task'] != 'sft':
-        raise SystemExit(f'lmforge_peer.py: --task {hp["task"]}: lmforge has no DPO yet; only --task sft')
+    if hp['task'] not in ('sft', 'dpo'):
+        raise SystemExit(f'lmforge_peer.py: --task {hp["task"]}: only sft and dpo')
     a = opts.assets
+    dpo = {}
+    if hp['task'] == 'dpo':  # as swift_train.py (--rlhf_type dpo --beta --loss_type sigmoid) and lf_train.py
+        dpo = {'rlhf_type': 'dpo', 'beta': hp['dpo_beta'], 'loss_type': ['sigmoid']}
     return {
+        **dpo,
         'model': os.path.join(a, hp['model']),
-        'dataset': [os.path.join(a, 'sft.jsonl')],
+        'dataset': [os.path.join(a, 'sft.jsonl' if hp['task'] == 'sft' else 'dpo.jsonl')],
         'split_dataset_ratio': 0,
         'tuner_type': 'lora',
         'lora_rank': hp['lora_rank'],
@@ -90,8 +108,8 @@ def _parse_value(text: str):
         return text
 
 
-def cli_equivalent(kwargs: dict) -> str:
-    parts = ['lmforge', 'sft']
+def cli_equivalent(kwargs: dict, command: str = 'sft') -> str:
+    parts = ['lmforge', command]
     for k, v in kwargs.items():
         parts.append(f'--{k}')
         if isinstance(v, list):
@@ -114,7 +132,8 @@ def main():
             raise SystemExit(f'extra lmforge arguments are key=value pairs, not {item!r}')
         kwargs[key] = _parse_value(val)
     shutil.rmtree(opts.work, ignore_errors=True)  # a fresh output_dir: no resume, nothing left from an earlier run
-    cli = cli_equivalent(kwargs)
+    command = 'sft' if hp['task'] == 'sft' else 'rlhf'
+    cli = cli_equivalent(kwargs, command)
     print('equivalent command: ' + cli, flush=True)
 
     import lmforge
@@ -158,9 +177,21 @@ def main():
             self.add_callback(callback)
             trainers.append(self)
 
-    lm_trainer.LmTrainer = BenchLmTrainer
+    if command == 'sft':
+        lm_trainer.LmTrainer = BenchLmTrainer
+    else:
+        import lmforge.workflows.rlhf as lm_rlhf
+        build_rlhf = lm_rlhf.build_rlhf
+
+        def bench_build_rlhf(args):
+            run = build_rlhf(args)
+            run.trainer.add_callback(callback)
+            trainers.append(run.trainer)
+            return run
+
+        lm_rlhf.build_rlhf = bench_build_rlhf  # run_rlhf looks it up in its module at call time
     times['sft_call'] = time.perf_counter()
-    result = lmforge.sft(**kwargs)
+    result = lmforge.sft(**kwargs) if command == 'sft' else lmforge.rlhf(**kwargs)
     times['sft_return'] = time.perf_counter()
 
     trainer = trainers[0]
@@ -173,8 +204,9 @@ def main():
     }
     info = {
         'tokens_seen': trainer.tokens_seen,  # lmforge's own count: must equal trained_tokens
-        'padding_free': not isinstance(trainer.data_collator, PadCollator),
-        'use_logits_to_keep': trainer.use_logits_to_keep,
+        'padding_free': (not isinstance(trainer.data_collator, PadCollator)) if command == 'sft'
+        else bool(getattr(trainer, 'padding_free', False)),
+        'use_logits_to_keep': getattr(trainer, 'use_logits_to_keep', None),
         'train_samples': len(trainer.train_dataset),
         'global_step': result['global_step'],
         'train_loss': result['train_loss'],
@@ -182,6 +214,17 @@ def main():
         **{k: round(v, 3) if v is not None else None for k, v in phases.items()},
         'torch_threads': torch.get_num_threads(),
     }
+    if command == 'rlhf':  # how TRL's DPOTrainer ran: reference forward per step or precomputed, collator
+        info.update({
+            'trainer_class': type(trainer).__name__,
+            'precompute_ref_log_probs': bool(getattr(trainer, 'precompute_ref_logps', False)),
+            'ref_model': 'base with adapters disabled' if getattr(trainer, 'ref_model', None) is None
+            else type(trainer.ref_model).__name__,
+            'peft_adapters': sorted(getattr(trainer.accelerator.unwrap_model(trainer.model), 'peft_config', {})),
+            'collator': type(trainer.data_collator).__name__,
+            'pad_to_multiple_of': getattr(trainer.data_collator, 'pad_to_multiple_of', None),
+            'samples_seen': getattr(trainer, 'samples_seen', None),
+        })
     print('LMFORGE_BENCH ' + json.dumps(info), flush=True)
     out = os.environ.get('BENCH_OUT')
     if out and os.path.isfile(out):
