@@ -84,11 +84,7 @@ class DataArgs:
                                                            'with --streaming')
 
     def validate_columns(self):
-        columns = self.columns or {}
-        bad = next(((k, v) for k, v in columns.items() if not isinstance(v, str) or not v or not k), None)
-        if bad:
-            raise ArgumentError('columns', f'maps column names to column names, JSON \'{{"src": "dst"}}\'; got '
-                                           f'{bad[0]!r}: {bad[1]!r}')
+        check_columns(self.columns or {})
 
     def validate_mixing(self):
         probs = self.interleave_prob
@@ -415,6 +411,14 @@ class SftArgs(DistributedArgs, TrainArgs, TunerArgs, DataArgs, TemplateArgs, Mod
         if self.learning_rate is not None:
             return self.learning_rate
         return 1e-5 if self.tuner_type == 'full' else 1e-4
+
+
+def check_columns(columns: dict) -> None:
+    """--columns maps column names to column names (non-empty strings)."""
+    bad = next(((k, v) for k, v in columns.items() if not isinstance(v, str) or not v or not k), None)
+    if bad:
+        raise ArgumentError('columns', f'maps column names to column names, JSON \'{{"src": "dst"}}\'; got '
+                                       f'{bad[0]!r}: {bad[1]!r}')
 
 
 def check_optim(name: str) -> None:

@@ -172,10 +172,8 @@ def parse_columns(text: str | None) -> dict | None:
         raise ArgumentError('columns', f'expected a JSON object, got {text!r} ({e.msg})') from None
     if not isinstance(columns, dict):
         raise ArgumentError('columns', f'expected a JSON object, got {text!r}')
-    bad = next(((k, v) for k, v in columns.items() if not isinstance(v, str) or not v or not k), None)
-    if bad:
-        raise ArgumentError('columns', f'maps column names to column names, JSON \'{{"src": "dst"}}\'; got '
-                                       f'{bad[0]!r}: {bad[1]!r}')
+    from lmforge.args.train import check_columns
+    check_columns(columns)
     return columns
 
 

@@ -446,16 +446,18 @@ def build_datasets(args, tokenizer, mode: str, log=print) -> tuple:
                 num_proc=args.dataset_num_proc, strict=getattr(args, 'strict', False), seed=seed,
                 use_hf=getattr(args, 'use_hf', None),
                 load_from_cache_file=getattr(args, 'load_from_cache_file', True))
+
+    def encode_val(specs):
+        return encode_specs(specs, tokenizer, mode, log=log, desc='validation data', flag='val_dataset', **opts)
+
     if getattr(args, 'streaming', False):
-        return _build_streaming(args, tokenizer, mode, seed, opts, log)
+        return _build_streaming(args, tokenizer, mode, seed, opts, encode_val, log)
     train, report = encode_specs(args.dataset, tokenizer, mode, log=log, mix=mix_of(args), **opts)
     for line in report.lines('train data', args.max_length, args.truncation_strategy):
         log(line)
     if not train:
         raise _no_samples(args, report)
-    train, val = with_validation(
-        train, lambda specs: encode_specs(specs, tokenizer, mode, log=log, desc='validation data',
-                                          flag='val_dataset', **opts), args, seed, log)
+    train, val = with_validation(train, encode_val, args, seed, log)
     if args.packing:
         n = len(train)
         train = pack(train, args.max_length, seed)
@@ -470,7 +472,7 @@ def _no_samples(args, report: DataReport) -> DataError:
                      f'{args.max_length}, {report.no_labels} without trained tokens).{first}')
 
 
-def _build_streaming(args, tokenizer, mode, seed, opts, log):
+def _build_streaming(args, tokenizer, mode, seed, opts, encode_val, log):
     from lmforge.data.mixing import mix_of
     from lmforge.data.streaming import StreamingDataset
 
@@ -486,8 +488,4 @@ def _build_streaming(args, tokenizer, mode, seed, opts, log):
     log(f'streaming: rows are read, encoded and shuffled in a buffer of {train.buffer_size} while training '
         f'(--max_steps {args.max_steps})' + ('; packed on the fly' if args.packing else '') +
         (f'; {train.mix.describe(len(args.dataset))}' if train.mix.interleaved and len(args.dataset) > 1 else ''))
-    val = []
-    if args.val_dataset:
-        val = validation_data(lambda specs: encode_specs(specs, tokenizer, mode, log=log, desc='validation data',
-                                                         flag='val_dataset', **opts), args, log)
-    return train, val
+    return train, validation_data(encode_val, args, log) if args.val_dataset else []
